@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import threading
 
 from invoke import Context, task
 
 from certfab.cli import LiveProgress, fabric_config, inventory_for, reports_errors, stderr, stdout, target_hosts, exit_with
 from certfab.facts import gather
 from certfab.facts_view import facts_summary, facts_text
-from certfab.fleet import HostSession, run_fleet
+from certfab.bootstrap import BootstrapResult, bootstrap_host, read_acme_ca
+from certfab.fleet import HostOutcome, HostSession, run_fleet
+from certfab.inventory import Host, Inventory
+from certfab.recap import recap_rows, recap_table, write_run_log
+from certfab.renewal_run import run_renewal
 
-__all__ = ["facts"]
+__all__ = ["facts", "bootstrap", "plan", "deploy_all", "renew_now"]
 
 _HELP = {
     "inventory": "inventory file (default: $CERTFAB_INVENTORY or ./inventory.yaml)",
@@ -19,6 +24,8 @@ _HELP = {
     "accept_new": "record host keys seen for the first time (changed keys are always refused)",
     "json": "print JSON instead of text",
     "parallel": "how many hosts to work on at once",
+    "check": "change nothing: print the diffs and certificate requests a run would make",
+    "canary": "run this many hosts first and stop if any of them fails",
 }
 
 
@@ -53,3 +60,102 @@ def facts(c: Context, inventory: str | None = None, limit: str | None = None, ac
     for outcome in failed:
         stderr.print(f"[bold red]error:[/] {outcome.error}", highlight=False)
     exit_with(max((o.exit_code for o in failed), default=0))
+
+
+def _bootstrap_fleet(c: Context, hosts: tuple[Host, ...], inv: Inventory, *, check: bool, accept_new: bool,
+                     parallel: int, json_: bool, canary: int = 0, title: str = "bootstrap") -> None:
+    """Bootstrap (or plan) hosts in parallel, print the recap and exit with its status."""
+    acme_ca = read_acme_ca(inv.acme.ca_bundle)
+    stop = threading.Event()
+
+    def pipeline(session: HostSession) -> BootstrapResult:
+        return bootstrap_host(session, check=check, acme_ca_pem=acme_ca)
+
+    outcomes: list[HostOutcome[BootstrapResult]] = []
+    with LiveProgress([h.name for h in hosts], title) as progress:
+        first, rest = (hosts[:canary], hosts[canary:]) if canary > 0 else ((), hosts)
+        if first:
+            outcomes += run_fleet(first, inv, pipeline, parallel=parallel, accept_new=accept_new,
+                                  config=fabric_config(c), progress=progress, stop=stop)
+            if any(o.failed for o in outcomes):
+                stop.set()
+        outcomes += run_fleet(rest, inv, pipeline, parallel=parallel, accept_new=accept_new,
+                              config=fabric_config(c), progress=progress, stop=stop)
+    rows = recap_rows(outcomes)
+    log = write_run_log(rows, "plan" if check else title)
+    if json_:
+        stdout.print_json(json.dumps(rows))
+    else:
+        if check:
+            for outcome in outcomes:
+                if outcome.value is not None:
+                    for diff in outcome.value.diffs:
+                        stdout.print(diff, markup=False, highlight=False, end="")
+        for outcome in outcomes:
+            for warning in (outcome.value.warnings if outcome.value else []):
+                stderr.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        stdout.print(recap_table(rows, f"{title} recap"))
+        stderr.print(f"run log: {log}", highlight=False)
+    exit_with(1 if any(o.failed for o in outcomes) else 0)
+
+
+@task(help=helps("inventory", "limit", "accept_new", "json", "parallel", "check"))
+@reports_errors
+def bootstrap(c: Context, inventory: str | None = None, limit: str | None = None, check: bool = False,
+              accept_new: bool = False, json_: bool = False, parallel: int = 10) -> None:
+    """Set up ACME, certificates, strong HTTPS and renewal on hosts (idempotent, transactional)."""
+    inv = inventory_for(c, inventory)
+    _bootstrap_fleet(c, target_hosts(c, inv, limit), inv, check=check, accept_new=accept_new,
+                     parallel=parallel, json_=json_)
+
+
+@task(help=helps("inventory", "limit", "accept_new", "json", "parallel"))
+@reports_errors
+def plan(c: Context, inventory: str | None = None, limit: str | None = None, accept_new: bool = False,
+         json_: bool = False, parallel: int = 10) -> None:
+    """Show what bootstrap would change (diffs, certificate requests) without changing anything."""
+    inv = inventory_for(c, inventory)
+    _bootstrap_fleet(c, target_hosts(c, inv, limit), inv, check=True, accept_new=accept_new,
+                     parallel=parallel, json_=json_, title="plan")
+
+
+@task(help=helps("inventory", "limit", "accept_new", "json", "parallel", "check", "canary"))
+@reports_errors
+def deploy_all(c: Context, inventory: str | None = None, limit: str | None = None, parallel: int = 20,
+               canary: int = 0, check: bool = False, accept_new: bool = False, json_: bool = False) -> None:
+    """Bootstrap every inventory host (or --limit) in parallel, with progress and a recap."""
+    inv = inventory_for(c, inventory)
+    hosts = inv.select(limit)
+    _bootstrap_fleet(c, hosts, inv, check=check, accept_new=accept_new, parallel=parallel, json_=json_,
+                     canary=canary, title="deploy-all")
+
+
+@task(help=helps("inventory", "limit", "accept_new", "json", "parallel"))
+@reports_errors
+def renew_now(c: Context, inventory: str | None = None, limit: str | None = None, accept_new: bool = False,
+              json_: bool = False, parallel: int = 10) -> None:
+    """Run the installed renewal script on hosts now and show its result."""
+    inv = inventory_for(c, inventory)
+    hosts = target_hosts(c, inv, limit)
+
+    def pipeline(session: HostSession) -> dict[str, object]:
+        session.step("renewing")
+        return run_renewal(session.remote)
+
+    with LiveProgress([h.name for h in hosts], "renew-now") as progress:
+        outcomes = run_fleet(hosts, inv, pipeline, parallel=parallel, accept_new=accept_new,
+                             config=fabric_config(c), progress=progress)
+    rows = [{"host": o.host, **(o.value or {}), "error": o.error} for o in outcomes]
+    if json_:
+        stdout.print_json(json.dumps(rows))
+    else:
+        for row in rows:
+            if row["error"]:
+                stdout.print(f"{row['host']}: [red]failed[/] {row['error']}", highlight=False)
+            else:
+                renewed = ", ".join(row.get("renewed") or []) or "nothing"  # type: ignore[arg-type]
+                stdout.print(f"{row['host']}: {row.get('result')} (renewed: {renewed}; nginx test "
+                             f"{row.get('nginx_test')}; exit {row.get('exit')})", highlight=False)
+                if row.get("result") == "failed" and row.get("message"):
+                    stdout.print(f"  {row['message']}", markup=False)
+    exit_with(1 if any(o.failed or (o.value or {}).get("exit") for o in outcomes) else 0)

@@ -1,0 +1,259 @@
+"""One host from plain nginx to strong HTTPS: facts, plan, apply as a transaction, verify."""
+
+from __future__ import annotations
+
+import difflib
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from certfab.certs import parse_pem
+from certfab.desired import (
+    CertDecision,
+    changed_writes,
+    current_files,
+    decide_certificate,
+    desired_state,
+    preflight,
+    updated_facts_files,
+)
+from certfab.errors import ApplyError, CertfabError
+from certfab.facts import HostFacts, gather
+from certfab.fleet import HostSession
+from certfab.hostlock import HostLock
+from certfab.issue import issue_script, parse_issue_output
+from certfab.remote import Remote
+from certfab.transaction import (
+    EXIT_NGINX_TEST_FAILED,
+    EXIT_RELOAD_FAILED,
+    EXIT_STAGE_FAILED,
+    FileWrite,
+    apply_script,
+    commit_script,
+    rollback_script,
+)
+from certfab.verify import verify_site
+
+
+@dataclass
+class BootstrapResult:
+    """The recap of one host: what changed, what was planned, what was kept."""
+
+    host: str
+    changes: list[str] = field(default_factory=list)
+    certificates: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    diffs: list[str] = field(default_factory=list)
+    planned: bool = False
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.changes)
+
+
+def new_run_id() -> str:
+    return f"certfab-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+
+
+def read_acme_ca(path: Path | None) -> str | None:
+    """The ACME server's CA bundle (public certificates only) to install on hosts."""
+    if path is None:
+        return None
+    text = path.read_text(encoding="ascii", errors="replace")
+    if "PRIVATE KEY" in text:
+        raise CertfabError(f"{path}: acme.ca_bundle contains a private key; give only certificates")
+    return text
+
+
+def file_diffs(writes: list[FileWrite], before: dict[str, str]) -> list[str]:
+    """Unified diffs of every planned write against the host's current files."""
+    diffs = []
+    for write in writes:
+        old = before.get(write.path)
+        diffs.append(
+            "".join(
+                difflib.unified_diff(
+                    (old or "").splitlines(keepends=True),
+                    write.content.splitlines(keepends=True),
+                    fromfile=write.path if old is not None else "/dev/null",
+                    tofile=write.path,
+                )
+            )
+        )
+    return diffs
+
+
+def _describe(writes: list[FileWrite], before: dict[str, str]) -> list[str]:
+    return [f"{'updated' if w.path in before else 'created'} {w.path}" for w in writes]
+
+
+class HostRun:
+    """State of one bootstrap on one host: its remote seam, lock and run id."""
+
+    def __init__(self, session: HostSession, *, acme_ca_pem: str | None, now: datetime) -> None:
+        self.session = session
+        self.host = session.host
+        self.inventory = session.inventory
+        self.remote: Remote = session.remote
+        self.acme_ca_pem = acme_ca_pem
+        self.now = now
+        self.run_id = new_run_id()
+        self.lock: HostLock | None = None
+        self.result = BootstrapResult(session.host.name)
+
+    def take_lock(self) -> None:
+        if self.lock is None:
+            self.session.step("locking")
+            self.lock = HostLock(self.remote, self.run_id)
+            self.lock.acquire()
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def recover(self, facts: HostFacts) -> HostFacts:
+        """Roll back what an interrupted run left half-done, before anything else."""
+        self.take_lock()
+        self.session.step("rolling back an unfinished run")
+        self.remote.check(rollback_script(), what="rolling back an unfinished run")
+        self.result.changes.append("rolled back an unfinished earlier run")
+        return gather(self.remote)
+
+    def apply(self, writes: list[FileWrite], what: str) -> None:
+        """Switch files as one transaction on the host; the journal stays open until commit()."""
+        self.session.step(what)
+        result = self.remote.run(apply_script(self.run_id, writes), what=what)
+        if result.ok and "certfab-applied" in result.stdout:
+            return
+        detail = " ".join((result.stderr.strip() or result.stdout.strip()).split())[:400] or "no output"
+        if result.exited == EXIT_NGINX_TEST_FAILED:
+            raise ApplyError(f"{self.host.name}: nginx -t failed after {what}: {detail}; "
+                             "every file was restored, nginx still runs the old configuration")
+        if result.exited == EXIT_RELOAD_FAILED:
+            raise ApplyError(f"{self.host.name}: nginx reload failed after {what}: {detail}; every file was restored")
+        if result.exited == EXIT_STAGE_FAILED:
+            raise ApplyError(f"{self.host.name}: {what}: {detail}; nothing was changed")
+        raise ApplyError(f"{self.host.name}: {what} failed (exit {result.exited}): {detail}")
+
+    def commit(self) -> None:
+        self.remote.check(commit_script(self.run_id), what="committing")
+
+    def rollback(self, reason: str) -> None:
+        self.session.step("rolling back")
+        self.remote.check(rollback_script(), what="rolling back")
+        raise ApplyError(f"{self.host.name}: {reason}; every file was restored and nginx reloaded on the old config")
+
+    def verify(self, sites: list[str], expected: dict[str, str]) -> list[str]:
+        self.session.step("verifying over HTTPS")
+        problems: list[str] = []
+        for site in self.host.sites:
+            if site.name in sites:
+                problems += verify_site(
+                    self.host, site,
+                    trust_roots=self.inventory.acme.trust_roots,
+                    expected_sha256=expected.get(site.name),
+                    hsts_expected=self.host.tls.hsts_max_age > 0,
+                    timeout=self.inventory.ssh.connect_timeout,
+                )
+        return problems
+
+    def switch(self, writes: list[FileWrite], https_sites: list[str], expected: dict[str, str], what: str) -> None:
+        """Apply, verify the HTTPS sites touched, then commit or roll back."""
+        self.apply(writes, what)
+        problems = self.verify(https_sites, expected) if https_sites else []
+        if problems:
+            self.rollback("verification failed: " + "; ".join(problems[:3]))
+        self.commit()
+
+
+def expected_fingerprints(facts: HostFacts, issued: dict[str, str]) -> dict[str, str]:
+    """sha256 of the certificate each site should serve: the new one, or the one on disk."""
+    result = {name: parse_pem(lineage.cert_pem).sha256 for name, lineage in facts.lineages.items()}
+    result.update({name: parse_pem(pem).sha256 for name, pem in issued.items()})
+    return result
+
+
+def bootstrap_host(session: HostSession, *, check: bool, acme_ca_pem: str | None,
+                   now: datetime | None = None) -> BootstrapResult:
+    """Run bootstrap on one connected host (or only plan it with check=True)."""
+    run = HostRun(session, acme_ca_pem=acme_ca_pem, now=now or datetime.now(timezone.utc))
+    result = run.result
+    host = session.host
+    try:
+        session.step("reading facts")
+        facts = gather(session.remote)
+        if facts.journal.strip():
+            if check:
+                result.warnings.append(f"{host.name}: an unfinished earlier run will be rolled back first")
+            else:
+                facts = run.recover(facts)
+        result.warnings += preflight(host, facts)
+        decisions: dict[str, CertDecision] = {s.name: decide_certificate(s, facts, run.now) for s in host.sites}
+        ready = frozenset(name for name, d in decisions.items() if not d.needs_order)
+        orders = [s for s in host.sites if decisions[s.name].needs_order]
+        before = current_files(facts)
+
+        desired_a = desired_state(host, session.inventory, facts, https_sites=ready, acme_ca_pem=acme_ca_pem)
+        writes_a = changed_writes(desired_a, facts)
+        facts_a = updated_facts_files(facts, writes_a)
+        all_sites = frozenset(s.name for s in host.sites)
+
+        if check:
+            result.planned = True
+            desired_b = desired_state(host, session.inventory, facts_a, https_sites=all_sites,
+                                      acme_ca_pem=acme_ca_pem)
+            final = {w.path: w for w in writes_a}
+            final.update({w.path: w for w in changed_writes(desired_b, facts_a)})
+            writes = list(final.values())
+            result.diffs = file_diffs(writes, before)
+            result.changes = _describe(writes, before)
+            for site in orders:
+                result.changes.append(f"would request a certificate for {site.name} "
+                                      f"({', '.join(site.domains)}): {decisions[site.name].reason}")
+            result.certificates = {n: ("keep" if not d.needs_order else "order") for n, d in decisions.items()}
+            return result
+
+        result.certificates = {n: "kept" for n in ready}
+        if not writes_a and not orders:
+            return result
+        run.take_lock()
+        expected = expected_fingerprints(facts, {})
+        if writes_a:
+            run.switch(writes_a, sorted(ready), expected, "installing ACME plumbing")
+            result.changes += _describe(writes_a, before)
+        if not orders:
+            return result
+
+        session.step(f"requesting {len(orders)} certificate(s)")
+        forced = [(s, decisions[s.name].action == "renew") for s in orders]
+        issue_run = session.remote.run(
+            issue_script(run.run_id, host, session.inventory, forced, acme_ca=acme_ca_pem is not None),
+            what="requesting certificates",
+        )
+        issued = parse_issue_output(issue_run.stdout)
+        if issued.image_missing is not None:
+            raise ApplyError(f"{host.name}: certbot image {host.certbot.image} is missing and could not be "
+                             f"pulled: {issued.image_missing}")
+        if issued.selftest_failures:
+            raise ApplyError(f"{host.name}: HTTP-01 self-test failed, no certificate was requested: "
+                             + "; ".join(issued.selftest_failures))
+        for name in issued.issued:
+            result.certificates[name] = "issued"
+            result.changes.append(f"issued certificate {name} ({decisions[name].reason})")
+        if not issue_run.ok and not issued.issued:
+            detail = "; ".join(issued.certbot_failures) or " ".join(issue_run.stdout.split())[-300:]
+            raise ApplyError(f"{host.name}: certbot failed: {detail}")
+
+        https_now = ready | frozenset(issued.issued)
+        desired_b = desired_state(host, session.inventory, facts_a, https_sites=https_now, acme_ca_pem=acme_ca_pem)
+        writes_b = changed_writes(desired_b, facts_a)
+        if writes_b:
+            run.switch(writes_b, sorted(https_now), expected_fingerprints(facts, issued.issued), "switching to HTTPS")
+            result.changes += _describe(writes_b, before)
+        if issued.certbot_failures:
+            raise ApplyError(f"{host.name}: certbot failed for " + "; ".join(issued.certbot_failures))
+        return result
+    finally:
+        run.release()

@@ -1,0 +1,286 @@
+"""From inventory and facts to the desired files and certificates of a host (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from certfab import nginxconf, renewal, tls
+from certfab.certs import parse_pem
+from certfab.errors import PreflightError
+from certfab.facts import HOST_CONFIG_DIR, NGINX_CERTFAB_DIR, RENEW_SCRIPT, CRON_FILE, HostFacts
+from certfab.inventory import Host, Inventory, Site
+from certfab.transaction import FileWrite
+
+ACME_INCLUDE = f"{NGINX_CERTFAB_DIR}/acme-challenge.conf"
+TLS_OPTIONS = f"{NGINX_CERTFAB_DIR}/tls-options.conf"
+DHPARAM = f"{NGINX_CERTFAB_DIR}/ffdhe2048.pem"
+ACME_CA = f"{HOST_CONFIG_DIR}/acme-ca.pem"
+RENEW_ENV = f"{HOST_CONFIG_DIR}/renew.env"
+MANAGED_SITE_DIR = "/etc/nginx/conf.d"
+
+# Bootstrap renews early when less than this fraction of a certificate's lifetime is left.
+RENEW_FRACTION = 1 / 3
+
+
+def site_include_path(site: str) -> str:
+    return f"{NGINX_CERTFAB_DIR}/site-{site}.conf"
+
+
+def managed_site_path(site: str) -> str:
+    return f"{MANAGED_SITE_DIR}/certfab-{site}.conf"
+
+
+@dataclass(frozen=True)
+class CertDecision:
+    """Whether a site needs an ACME order, and why."""
+
+    site: str
+    action: str  # "keep" | "issue" | "renew" | "change-names"
+    reason: str
+
+    @property
+    def needs_order(self) -> bool:
+        return self.action != "keep"
+
+
+def decide_certificate(site: Site, facts: HostFacts, now: datetime) -> CertDecision:
+    """Keep a valid certificate with exactly the site's names; otherwise say what to order."""
+    lineage = facts.lineages.get(site.name)
+    if lineage is None:
+        return CertDecision(site.name, "issue", "no certificate yet")
+    try:
+        info = parse_pem(lineage.cert_pem)
+    except ValueError as exc:
+        return CertDecision(site.name, "issue", f"existing certificate unreadable ({exc})")
+    wanted, have = set(site.domains), set(info.names)
+    if wanted != have:
+        added = ", ".join(sorted(wanted - have)) or "-"
+        removed = ", ".join(sorted(have - wanted)) or "-"
+        return CertDecision(site.name, "change-names", f"names changed (+{added}; -{removed})")
+    if info.not_after <= now:
+        return CertDecision(site.name, "renew", "certificate expired")
+    if info.fraction_left(now) < RENEW_FRACTION:
+        return CertDecision(site.name, "renew", f"{info.days_left(now)} days left of {info.lifetime.days}")
+    return CertDecision(site.name, "keep", f"valid until {info.not_after:%Y-%m-%d}, names unchanged")
+
+
+@dataclass(frozen=True)
+class Desired:
+    """Every file bootstrap wants on a host, and the sites served over HTTPS in that state."""
+
+    writes: tuple[FileWrite, ...]
+    https_sites: frozenset[str]
+
+
+def host_tls(facts: HostFacts) -> tls.HostTls:
+    assert facts.nginx is not None
+    return tls.HostTls(nginx_version=facts.nginx.version, openssl_version=facts.nginx.openssl_version)
+
+
+def _tree(texts: Mapping[str, str], facts: HostFacts) -> nginxconf.NginxTree:
+    assert facts.nginx is not None
+    return nginxconf.parse_tree(texts, facts.nginx.conf_path, facts.nginx.prefix)
+
+
+def served_block(tree: nginxconf.NginxTree, domain: str, port: int) -> nginxconf.ServerBlock | None:
+    """The block that names `domain` on `port` (a catch-all default does not count)."""
+    block = nginxconf.block_for_host(tree, domain, port)
+    if block is None or not nginxconf.names_match(block, domain):
+        return None
+    return block
+
+
+def preflight(host: Host, facts: HostFacts) -> list[str]:
+    """Refuse a host that bootstrap cannot handle safely; returns warnings for what is merely odd."""
+    name = host.name
+    if facts.uid != 0:
+        raise PreflightError(f"{name}: commands do not run as root (uid {facts.uid}); set sudo: true for this host")
+    if facts.nginx is None:
+        raise PreflightError(f"{name}: nginx is not installed or not on PATH")
+    if not facts.nginx.sni:
+        raise PreflightError(f"{name}: nginx {facts.nginx.version_text} was built without TLS SNI support")
+    if not facts.nginx.test_ok:
+        last = facts.nginx.test_output.splitlines()[-1:] or ["no output"]
+        raise PreflightError(f"{name}: nginx -t already fails before any change: {last[0]}")
+    if not facts.runtime_present:
+        raise PreflightError(f"{name}: container runtime '{host.certbot.runtime}' is not installed")
+    if facts.runtime_version.startswith("Cannot connect") or "error" in facts.runtime_version.lower():
+        raise PreflightError(f"{name}: {host.certbot.runtime} does not answer: {facts.runtime_version}")
+    missing = {"flock", "base64"} - facts.tools - {"base64"}
+    if missing:
+        raise PreflightError(f"{name}: required tools missing: {', '.join(sorted(missing))}")
+    tree = _tree({p: f.text for p, f in facts.nginx.files.items()}, facts)
+    warnings: list[str] = []
+    owner: dict[tuple[str, int], str] = {}
+    for site in host.sites:
+        for domain in site.domains:
+            https = served_block(tree, domain, 443)
+            if https is not None and not https.has_include(site_include_path(site.name)):
+                raise PreflightError(
+                    f"{name}: site {site.name}: {domain} is already served over HTTPS by "
+                    f"{https.file}:{https.line}, which certfab does not manage; remove that block or the domain"
+                )
+            block = served_block(tree, domain, 80)
+            if block is None:
+                if https is not None:
+                    continue
+                if not site.managed:
+                    raise PreflightError(
+                        f"{name}: site {site.name}: no port-80 server block serves {domain}; add it to a "
+                        "server_name or declare root/upstream for the site in the inventory"
+                    )
+                continue
+            if block.is_certfab_redirect:
+                continue
+            key = (block.file, block.line)
+            other = owner.setdefault(key, site.name)
+            if other != site.name:
+                raise PreflightError(
+                    f"{name}: sites {other} and {site.name} share the server block at {block.file}:{block.line}; "
+                    "give each site its own server block"
+                )
+    if facts.competing_renewal:
+        warnings.append(
+            f"{name}: another renewal job would compete with certfab's: {', '.join(facts.competing_renewal)}"
+        )
+    return warnings
+
+
+def desired_state(
+    host: Host,
+    inventory: Inventory,
+    facts: HostFacts,
+    *,
+    https_sites: frozenset[str],
+    acme_ca_pem: str | None,
+) -> Desired:
+    """All files for a host: ACME plumbing for every site, HTTPS for `https_sites`."""
+    assert facts.nginx is not None
+    nginx_facts = facts.nginx
+    texts = {path: f.text for path, f in nginx_facts.files.items()}
+    real = {path: f.real_path for path, f in nginx_facts.files.items()}
+    writes: dict[str, FileWrite] = {}
+
+    def put(path: str, content: str, mode: str = "0644") -> None:
+        writes[path] = FileWrite(path, content, mode)
+
+    version = host_tls(facts)
+    http2_in_listen = tls.http2_style(version) == "listen"
+    put(ACME_INCLUDE, tls.render_acme_include(host.webroot))
+    if acme_ca_pem is not None:
+        put(ACME_CA, acme_ca_pem)
+    put(RENEW_SCRIPT, renewal.render_renew_script(), "0700")
+    put(RENEW_ENV, renewal.render_renew_env(host, host.certbot, host.renewal, host.webroot,
+                                            ACME_CA if acme_ca_pem is not None else None), "0600")
+    put(CRON_FILE, renewal.render_cron(host.name, host.renewal))
+    if https_sites:
+        dhparam = None
+        if tls.needs_dhparam(host.tls.profile):
+            dhparam = DHPARAM
+            put(DHPARAM, tls.ffdhe2048_pem())
+        put(TLS_OPTIONS, tls.render_tls_options(host.tls.profile, version, dhparam))
+
+    for site in host.sites:
+        https = site.name in https_sites
+        if https:
+            put(
+                site_include_path(site.name),
+                tls.render_site_include(
+                    site.name,
+                    site.domains,
+                    lineage_dir=f"/etc/letsencrypt/live/{site.name}",
+                    tls_options_path=TLS_OPTIONS,
+                    hsts_max_age=host.tls.hsts_max_age,
+                    include_subdomains=host.tls.hsts_include_subdomains,
+                    preload=host.tls.hsts_preload,
+                    http2_style=tls.http2_style(version),
+                ),
+            )
+        tree = _tree(texts, facts)
+        existing = [served_block(tree, d, 80) or served_block(tree, d, 443) for d in site.domains]
+        managed_file = managed_site_path(site.name)
+        if site.managed and (all(b is None for b in existing) or
+                             all(b is not None and b.file == managed_file for b in existing)):
+            put(
+                managed_file,
+                tls.render_managed_site(
+                    site.name, site.domains, site.root, site.upstream,
+                    phase="https" if https else "http",
+                    acme_include=ACME_INCLUDE,
+                    site_include=site_include_path(site.name),
+                    http2_in_listen=http2_in_listen,
+                ),
+            )
+            continue
+        # Edit the site's existing blocks one change at a time, re-reading positions after each.
+        for _ in range(4 * len(site.domains) + 4):
+            tree = _tree(texts, facts)
+            edit = _next_edit(tree, site, https, http2_in_listen)
+            if edit is None:
+                break
+            path, block, kind = edit
+            if kind == "acme":
+                texts[path] = nginxconf.add_include(texts[path], block, ACME_INCLUDE)
+            else:
+                texts[path] = nginxconf.convert_to_https(
+                    texts[path], block, https_include=site_include_path(site.name),
+                    acme_include=ACME_INCLUDE, http2_in_listen=http2_in_listen, site=site.name,
+                )
+        else:  # pragma: no cover - a non-converging edit is a bug, never a user error
+            raise PreflightError(f"{host.name}: site {site.name}: nginx edits did not converge")
+
+    for path, text in texts.items():
+        if text != nginx_facts.files[path].text:
+            writes[real[path]] = FileWrite(real[path], text, None)
+    return Desired(tuple(writes.values()), https_sites)
+
+
+def _next_edit(
+    tree: nginxconf.NginxTree, site: Site, https: bool, http2_in_listen: bool
+) -> tuple[str, nginxconf.ServerBlock, str] | None:
+    for domain in site.domains:
+        block = served_block(tree, domain, 80)
+        if block is None:
+            continue
+        if not block.has_include(ACME_INCLUDE):
+            return block.file, block, "acme"
+        if https and not block.is_certfab_redirect:
+            return block.file, block, "https"
+    return None
+
+
+def changed_writes(desired: Desired, facts: HostFacts) -> list[FileWrite]:
+    """Only the files whose content differs from what is on the host."""
+    current = current_files(facts)
+    return [w for w in desired.writes if current.get(w.path) != w.content]
+
+
+def current_files(facts: HostFacts) -> dict[str, str]:
+    """Every file certfab may write, by real path, with its current content."""
+    files = dict(facts.owned_files)
+    if facts.nginx is not None:
+        for f in facts.nginx.files.values():
+            files[f.real_path] = f.text
+    return files
+
+
+def updated_facts_files(facts: HostFacts, writes: list[FileWrite]) -> HostFacts:
+    """Facts as they will be once `writes` are on the host (for planning the next phase)."""
+    from dataclasses import replace
+
+    assert facts.nginx is not None
+    by_real = {w.path: w.content for w in writes}
+    files = {
+        path: replace(f, text=by_real.get(f.real_path, f.text)) for path, f in facts.nginx.files.items()
+    }
+    owned = dict(facts.owned_files)
+    for w in writes:
+        if w.path not in {f.real_path for f in facts.nginx.files.values()}:
+            owned[w.path] = w.content
+    # New managed-site files become part of nginx's tree through conf.d's include.
+    for w in writes:
+        if w.path.startswith(MANAGED_SITE_DIR + "/certfab-") and w.path not in files:
+            files[w.path] = type(next(iter(facts.nginx.files.values())))(w.path, w.path, w.content)
+    return replace(facts, nginx=replace(facts.nginx, files=files), owned_files=owned)

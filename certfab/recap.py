@@ -1,0 +1,68 @@
+"""The end-of-run recap: one line per host, as a table for people or JSON for programs."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from certfab.bootstrap import BootstrapResult
+from certfab.fleet import HostOutcome
+
+
+def host_status(outcome: HostOutcome[BootstrapResult]) -> str:
+    if outcome.failed:
+        return "failed"
+    assert outcome.value is not None
+    if outcome.value.planned:
+        return "would change" if outcome.value.changed else "ok"
+    return "changed" if outcome.value.changed else "ok"
+
+
+def recap_rows(outcomes: list[HostOutcome[BootstrapResult]]) -> list[dict[str, Any]]:
+    rows = []
+    for outcome in outcomes:
+        value = outcome.value
+        rows.append(
+            {
+                "host": outcome.host,
+                "status": host_status(outcome),
+                "changes": value.changes if value else [],
+                "certificates": value.certificates if value else {},
+                "warnings": value.warnings if value else [],
+                "error": outcome.error,
+                "seconds": round(outcome.seconds, 2),
+                "remote_commands": outcome.commands,
+            }
+        )
+    return rows
+
+
+def recap_table(rows: list[dict[str, Any]], title: str) -> Table:
+    table = Table(title=title)
+    for column in ("host", "status", "certificates", "details"):
+        table.add_column(column)
+    colours = {"ok": "green", "changed": "yellow", "would change": "yellow", "failed": "red"}
+    for row in rows:
+        certs = ", ".join(f"{k} {v}" for k, v in sorted(row["certificates"].items())) or "-"
+        if row["error"]:
+            details = row["error"]
+        elif row["changes"]:
+            details = "; ".join(row["changes"][:4]) + (f" (+{len(row['changes']) - 4} more)" if len(row["changes"]) > 4 else "")
+        else:
+            details = "no change"
+        status = row["status"]
+        table.add_row(row["host"], f"[{colours.get(status, 'white')}]{status}[/]", certs, details)
+    return table
+
+
+def write_run_log(rows: list[dict[str, Any]], kind: str, directory: Path = Path("reports")) -> Path:
+    """Keep a JSON log of the run under reports/."""
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    path = directory / f"{kind}-{stamp}.json"
+    path.write_text(json.dumps({"kind": kind, "time": stamp, "hosts": rows}, indent=2) + "\n")
+    return path

@@ -1,0 +1,198 @@
+"""On-host transactions: stage every file, journal, switch by rename, test, reload; or roll back.
+
+Originals are kept as hard links beside each file (hidden names, so nginx's `*` globs never
+include them), which makes both the switch and the rollback plain renames: they need no free
+space and cannot leave a file half-written. The journal under /var/lib/certfab lets the next
+run roll back a transaction that a lost connection or Ctrl-C left open.
+"""
+
+from __future__ import annotations
+
+import base64
+import posixpath
+import shlex
+from dataclasses import dataclass
+
+from certfab.facts import STATE_DIR
+
+JOURNAL = f"{STATE_DIR}/journal"
+
+EXIT_STAGE_FAILED = 20
+EXIT_NGINX_TEST_FAILED = 21
+EXIT_RELOAD_FAILED = 22
+EXIT_JOURNAL_OPEN = 23
+EXIT_NOT_LOCKED = 24
+
+
+@dataclass(frozen=True)
+class FileWrite:
+    """A file's complete desired content; mode None keeps the existing file's mode and owner."""
+
+    path: str
+    content: str
+    mode: str | None = "0644"
+
+
+def _hidden(path: str, kind: str) -> str:
+    directory, name = posixpath.split(path)
+    return posixpath.join(directory, f".certfab-{kind}.{name}")
+
+
+RELOAD_NGINX = r"""
+reload_nginx() {
+    if [ -d /run/systemd/system ] && systemctl is-active --quiet nginx 2>/dev/null; then
+        systemctl reload nginx
+    elif command -v service >/dev/null 2>&1 && service nginx status >/dev/null 2>&1; then
+        service nginx reload
+    else
+        nginx -s reload
+    fi
+}
+"""
+
+# Restores every journalled file by rename; used for a failed apply and for recovery.
+RESTORE = rf"""
+restore_journal() {{
+    j="$1"
+    [ -d "$j" ] || return 0
+    for entry in "$j"/*.path; do
+        [ -e "$entry" ] || continue
+        n="${{entry%.path}}"
+        target=$(cat "$entry")
+        backup=$(cat "$n.backup")
+        temp=$(cat "$n.temp")
+        rm -f -- "$temp"
+        if [ -e "$n.existed" ]; then
+            if [ -e "$backup" ]; then mv -f -- "$backup" "$target"; fi
+        elif [ -e "$n.absent" ]; then
+            rm -f -- "$target"
+        fi
+    done
+    if [ -f "$j/dirs" ]; then
+        sort -r "$j/dirs" | while IFS= read -r d; do rmdir -- "$d" 2>/dev/null; done
+    fi
+    rm -rf -- "$j"
+}}
+"""
+
+PREAMBLE = f"""set -u
+umask 022
+LC_ALL=C; export LC_ALL
+PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin; export PATH
+mkdir -p {STATE_DIR}
+chmod 0700 {STATE_DIR}
+"""
+
+
+def lock_check(run_id: str) -> str:
+    """Shell lines that stop a script unless this run holds the host lock."""
+    return (
+        f"owner=$(cat {STATE_DIR}/lock.owner 2>/dev/null)\n"
+        f"if [ \"$owner\" != {shlex.quote(run_id)} ]; then echo \"certfab lock is not held by this run\" >&2; "
+        f"exit {EXIT_NOT_LOCKED}; fi\n"
+    )
+
+
+def apply_script(run_id: str, writes: list[FileWrite], *, test_and_reload: bool = True) -> str:
+    """A script that switches all files at once, tests nginx, reloads, and rolls back on failure.
+
+    It leaves the journal open: the controller verifies from outside, then commits or rolls back.
+    """
+    lines = [PREAMBLE, RELOAD_NGINX, RESTORE, lock_check(run_id)]
+    lines.append(
+        f"if [ -e {JOURNAL} ]; then echo 'an earlier transaction is still open' >&2; exit {EXIT_JOURNAL_OPEN}; fi"
+    )
+    stage = f"{JOURNAL}.staging"
+    lines.append(f"rm -rf {stage}; mkdir -p {stage}; : > {stage}/dirs")
+    lines.append(
+        f"fail_stage() {{ echo \"cannot write $1: $2\" >&2; restore_journal {stage}; exit {EXIT_STAGE_FAILED}; }}"
+    )
+    # 1. Stage: every new file goes to a hidden temp beside its target. Nothing live changes yet.
+    for index, write in enumerate(writes):
+        target = shlex.quote(write.path)
+        temp = shlex.quote(_hidden(write.path, "new"))
+        backup = shlex.quote(_hidden(write.path, "backup"))
+        directory = shlex.quote(posixpath.dirname(write.path))
+        payload = base64.b64encode(write.content.encode("utf-8", errors="surrogateescape")).decode()
+        n = f"{stage}/{index:04d}"
+        lines.append(
+            f"if [ ! -d {directory} ]; then "
+            f"for d in $(p={directory}; while [ ! -d \"$p\" ]; do echo \"$p\"; p=$(dirname \"$p\"); done); "
+            f"do echo \"$d\" >> {stage}/dirs; done; "
+            f"mkdir -p {directory} || fail_stage {directory} 'cannot create directory'; fi"
+        )
+        # Markers first: an entry is only acted on once its .path exists.
+        lines.append(
+            f"rm -f {temp} {backup}; if [ -e {target} ]; then : > {n}.existed; else : > {n}.absent; fi && "
+            f"printf '%s\\n' {backup} > {n}.backup && printf '%s\\n' {temp} > {n}.temp && "
+            f"printf '%s\\n' {target} > {n}.path || fail_stage {target} 'cannot write the journal'"
+        )
+        lines.append(
+            f"echo {payload} | base64 -d > {temp} 2>/dev/null && "
+            f"[ \"$(wc -c < {temp})\" -eq {len(write.content.encode('utf-8', errors='surrogateescape'))} ] "
+            f"|| fail_stage {target} \"$(df -h {directory} | tail -n 1 | awk '{{print \"no space left? \"$4\" free on \"$6}}')\""
+        )
+        if write.mode is None:
+            lines.append(
+                f"if [ -e {target} ]; then chmod --reference={target} {temp} && chown --reference={target} {temp}; "
+                f"else chmod 0644 {temp}; fi || fail_stage {target} 'cannot set mode'"
+            )
+        else:
+            lines.append(f"chmod {write.mode} {temp} && chown root:root {temp} || fail_stage {target} 'cannot set mode'")
+    lines.append("sync")
+    # 2. Journal: from here on, a crash is rolled back by the next run.
+    lines.append(f"mv {stage} {JOURNAL} || fail_stage {JOURNAL} 'cannot open the journal'")
+    # 3. Switch: hard-link each original aside, rename the new file over it.
+    for index, write in enumerate(writes):
+        target = shlex.quote(write.path)
+        temp = shlex.quote(_hidden(write.path, "new"))
+        backup = shlex.quote(_hidden(write.path, "backup"))
+        lines.append(
+            f"if [ -e {target} ]; then ln -f {target} {backup} || {{ restore_journal {JOURNAL}; "
+            f"echo 'cannot back up {write.path}' >&2; exit {EXIT_STAGE_FAILED}; }}; fi"
+        )
+        lines.append(f"mv -f {temp} {target}")
+    if test_and_reload:
+        lines.append(
+            "if ! out=$(nginx -t 2>&1); then restore_journal " + JOURNAL + "; "
+            "echo \"$out\" >&2; exit " + str(EXIT_NGINX_TEST_FAILED) + "; fi"
+        )
+        lines.append(
+            "if ! out=$(reload_nginx 2>&1); then restore_journal " + JOURNAL + "; reload_nginx >/dev/null 2>&1; "
+            "echo \"$out\" >&2; exit " + str(EXIT_RELOAD_FAILED) + "; fi"
+        )
+    lines.append("echo certfab-applied")
+    return "\n".join(lines) + "\n"
+
+
+def commit_script(run_id: str) -> str:
+    """Close the journal: drop the backups; the new files stay."""
+    return (
+        PREAMBLE
+        + f"""
+if [ -d {JOURNAL} ]; then
+    for entry in {JOURNAL}/*.path; do
+        [ -e "$entry" ] || continue
+        rm -f -- "$(cat "${{entry%.path}}.backup")"
+    done
+    rm -rf {JOURNAL}
+fi
+echo certfab-committed
+"""
+    )
+
+
+def rollback_script(*, reload: bool = True) -> str:
+    """Restore every file of an open journal byte for byte, then reload nginx on the old config."""
+    script = PREAMBLE + RELOAD_NGINX + RESTORE + f"""
+if [ -d {JOURNAL} ]; then
+    restore_journal {JOURNAL}
+    echo certfab-rolled-back
+else
+    echo certfab-nothing-to-roll-back
+fi
+rm -rf {JOURNAL}.staging
+"""
+    if reload:
+        script += "if nginx -t >/dev/null 2>&1; then reload_nginx >/dev/null 2>&1 || true; fi\n"
+    return script
