@@ -1,0 +1,723 @@
+"""Certificate expiry report: classify each certificate and render it as table, JSON, CSV, HTML, Prometheus or mail."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from email.message import EmailMessage
+from email.utils import format_datetime
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from rich.table import Table
+from rich.text import Text
+
+from certfab.certs import CertInfo
+from certfab.tlsprobe import ServedCert
+
+TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+JSON_SCHEMA = "certfab.report/1"
+
+
+class Status(str, Enum):
+    """Row status, declared from most to least urgent."""
+
+    EXPIRED = "expired"
+    CRITICAL = "critical"
+    MISMATCH = "mismatch"
+    RENEWAL_FAILING = "renewal-failing"
+    UNREACHABLE = "unreachable"
+    WARN = "warn"
+    OK = "ok"
+
+    @property
+    def urgency(self) -> int:
+        """0 for the most urgent status, growing towards ok."""
+        return _ORDER.index(self)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_ORDER: tuple[Status, ...] = tuple(Status)
+_PROBLEMS = frozenset(
+    {Status.EXPIRED, Status.CRITICAL, Status.MISMATCH, Status.RENEWAL_FAILING, Status.UNREACHABLE}
+)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """When a certificate becomes warn/critical: a share of its lifetime, or absolute days if given."""
+
+    warn_fraction: float = 0.30
+    critical_fraction: float = 0.15
+    warn_days: float | None = None
+    critical_days: float | None = None
+    # cron runs the renewal twice a day: no status for this long means it is not running.
+    stale_renewal_days: float = 3.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.critical_fraction <= self.warn_fraction <= 1:
+            raise ValueError("thresholds need 0 <= critical_fraction <= warn_fraction <= 1")
+        if (
+            self.warn_days is not None
+            and self.critical_days is not None
+            and self.critical_days > self.warn_days
+        ):
+            raise ValueError("thresholds need critical_days <= warn_days")
+
+    def text(self) -> str:
+        """The thresholds in one readable line."""
+        warn = (
+            f"{self.warn_days:g} days"
+            if self.warn_days is not None
+            else f"{self.warn_fraction:.0%} of lifetime"
+        )
+        crit = (
+            f"{self.critical_days:g} days"
+            if self.critical_days is not None
+            else f"{self.critical_fraction:.0%} of lifetime"
+        )
+        return f"warn below {warn} left, critical below {crit} left"
+
+    def describe(self) -> dict[str, float | None]:
+        """The thresholds as plain data for reports."""
+        return {
+            "warn_fraction": self.warn_fraction,
+            "critical_fraction": self.critical_fraction,
+            "warn_days": self.warn_days,
+            "critical_days": self.critical_days,
+            "stale_renewal_days": self.stale_renewal_days,
+        }
+
+
+@dataclass(frozen=True)
+class CertRecord:
+    """Everything gathered about one certificate lineage on one host (or one unreachable host)."""
+
+    host: str
+    site: str
+    domains: tuple[str, ...] = ()
+    disk: CertInfo | None = None
+    served: Mapping[str, ServedCert | str] = field(default_factory=dict)
+    renewal_status: Mapping[str, Any] | None = None
+    cron_present: bool = True
+    unreachable_error: str | None = None
+
+
+@dataclass(frozen=True)
+class Row:
+    """A record with its verdict: status, the reasons, and time left."""
+
+    record: CertRecord
+    status: Status
+    notes: tuple[str, ...]
+    days_left: float | None
+    fraction_left: float | None
+
+
+@dataclass(frozen=True)
+class Report:
+    """All rows of one run, most urgent first."""
+
+    generated_at: datetime
+    rows: tuple[Row, ...]
+    thresholds: Thresholds = Thresholds()
+
+    def counts(self) -> dict[str, int]:
+        """Number of rows per status, every status present."""
+        found = Counter(row.status for row in self.rows)
+        return {status.value: found.get(status, 0) for status in Status}
+
+
+def evaluate(record: CertRecord, now: datetime, thresholds: Thresholds = Thresholds()) -> Row:
+    """Classify one record and explain why; the most urgent finding wins."""
+    found: list[Status] = []
+    notes: list[str] = []
+    disk = record.disk
+    days = disk.days_left(now) if disk else None
+    fraction = disk.fraction_left(now) if disk else None
+
+    if record.unreachable_error is not None:
+        found.append(Status.UNREACHABLE)
+        notes.append(f"host unreachable: {record.unreachable_error}")
+    if disk is not None:
+        expiry = _expiry_status(disk, now, thresholds)
+        found.append(expiry)
+        if expiry is Status.EXPIRED:
+            notes.append(f"expired {_ago(-disk.days_left(now))} ago")
+        elif expiry is not Status.OK:
+            notes.append(
+                f"{_ago(disk.days_left(now))} left, {disk.fraction_left(now):.0%} of its "
+                f"{disk.lifetime.total_seconds() / 86400:.0f}-day lifetime ({thresholds.text()})"
+            )
+    elif record.unreachable_error is None:
+        found.append(Status.CRITICAL)
+        notes.append("no certificate on disk for this site")
+
+    for domain in sorted(record.served):
+        status, note = _served_finding(domain, record.served[domain], disk)
+        if status is not None:
+            found.append(status)
+        if note:
+            notes.append(note)
+
+    if record.renewal_status is not None:
+        status, note = _renewal_finding(record.renewal_status, now, thresholds)
+        if status is not None:
+            found.append(status)
+        if note:
+            notes.append(note)
+    elif record.unreachable_error is None:
+        notes.append("no renewal status yet (the renewal script has not run)")
+
+    if not record.cron_present and record.unreachable_error is None:
+        found.append(Status.WARN)
+        notes.append("no certfab cron line: certificates will not renew")
+
+    status = min(found, key=lambda s: s.urgency) if found else Status.OK
+    return Row(record, status, tuple(notes), days, fraction)
+
+
+def classify(record: CertRecord, now: datetime, thresholds: Thresholds = Thresholds()) -> Status:
+    """The status of one record (see `evaluate` for the reasons)."""
+    return evaluate(record, now, thresholds).status
+
+
+def build_report(
+    records: Iterable[CertRecord], now: datetime | None = None, thresholds: Thresholds = Thresholds()
+) -> Report:
+    """Evaluate every record and sort the rows by urgency, then by days left."""
+    now = now or datetime.now(timezone.utc)
+    rows = [evaluate(r, now, thresholds) for r in records]
+    rows.sort(key=_sort_key)
+    return Report(generated_at=now, rows=tuple(rows), thresholds=thresholds)
+
+
+def exit_code(report: Report) -> int:
+    """0 when everything is ok, 1 when something only warns, 2 for any real problem."""
+    statuses = {row.status for row in report.rows}
+    if statuses & _PROBLEMS:
+        return 2
+    if Status.WARN in statuses:
+        return 1
+    return 0
+
+
+# --- classification helpers ------------------------------------------------------------------------
+
+
+def _expiry_status(cert: CertInfo, now: datetime, t: Thresholds) -> Status:
+    """Expired / critical / warn / ok from time left, relative to the lifetime unless days are set."""
+    days = cert.days_left(now)
+    if days <= 0:
+        return Status.EXPIRED
+    fraction = cert.fraction_left(now)
+    critical = days < t.critical_days if t.critical_days is not None else fraction < t.critical_fraction
+    if critical:
+        return Status.CRITICAL
+    warn = days < t.warn_days if t.warn_days is not None else fraction < t.warn_fraction
+    return Status.WARN if warn else Status.OK
+
+
+def _served_finding(
+    domain: str, served: ServedCert | str, disk: CertInfo | None
+) -> tuple[Status | None, str | None]:
+    """Compare what is served for one name with the certificate on disk."""
+    if isinstance(served, str):
+        return Status.WARN, f"{domain}: served certificate not read: {served}"
+    if served.error is not None or served.info is None:
+        return Status.WARN, f"{domain}: served certificate not read: {served.error or 'no certificate'}"
+    if disk is None or served.info.sha256 == disk.sha256:
+        return None, None
+    info = served.info
+    return Status.MISMATCH, (
+        f"{domain}: serves another certificate ({_short(info.sha256)}, {info.issuer}, "
+        f"expires {info.not_after:%Y-%m-%d}) than the one on disk ({_short(disk.sha256)})"
+    )
+
+
+def _renewal_finding(
+    status: Mapping[str, Any], now: datetime, t: Thresholds
+) -> tuple[Status | None, str | None]:
+    """Read the host's last renewal run from status.json."""
+    result = str(status.get("result", "")).lower()
+    when = _parse_time(status.get("time"))
+    message = str(status.get("message") or "").strip()
+    if result == "failed":
+        detail = (
+            [f"certbot exit {status['certbot_exit']}"] if status.get("certbot_exit") not in (None, 0) else []
+        )
+        for key in ("nginx_test", "reload"):
+            if status.get(key) not in (None, "", "ok", "skipped"):
+                detail.append(f"{key.replace('_', ' ')} {status[key]}")
+        if message:
+            detail.append(message)
+        at = f" at {when:%Y-%m-%d %H:%M} UTC" if when else ""
+        return Status.RENEWAL_FAILING, f"last renewal failed{at}" + (
+            f": {'; '.join(detail)}" if detail else ""
+        )
+    if when is not None and (now - when) > timedelta(days=t.stale_renewal_days):
+        return Status.WARN, f"renewal has not run for {_ago((now - when).total_seconds() / 86400)}"
+    if when is None:
+        return None, "renewal status has no readable time"
+    return None, None
+
+
+def _parse_time(value: object) -> datetime | None:
+    """An aware UTC datetime from an ISO 8601 string or a UNIX timestamp, else None."""
+    try:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return datetime.fromtimestamp(value, timezone.utc)
+        if isinstance(value, str) and value:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=timezone.utc)
+            return parsed.astimezone(timezone.utc)
+    except (ValueError, OverflowError, OSError):
+        return None
+    return None
+
+
+def _sort_key(row: Row) -> tuple[int, float, str, str]:
+    """Urgency first, then least time left (rows without a certificate last), then names."""
+    days = row.days_left if row.days_left is not None else float("inf")
+    return (row.status.urgency, days, row.record.host, row.record.site)
+
+
+def _short(fingerprint: str) -> str:
+    """The first 16 hex digits of a fingerprint, enough to tell certificates apart."""
+    return fingerprint[:16]
+
+
+def _ago(days: float) -> str:
+    """A rough duration: '3.2 days' or '5 hours'."""
+    if days >= 1:
+        return f"{days:.1f} days"
+    return f"{max(days * 24, 0):.0f} hours"
+
+
+def _iso(value: datetime | None) -> str | None:
+    """ISO 8601 in UTC with a Z, seconds precision."""
+    if value is None:
+        return None
+    return value.astimezone(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def _round(value: float | None, digits: int = 3) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+# --- JSON / CSV ------------------------------------------------------------------------------------
+
+
+def _cert_dict(info: CertInfo | None) -> dict[str, Any] | None:
+    """A certificate as plain JSON data."""
+    if info is None:
+        return None
+    return {
+        "names": list(info.names),
+        "issuer": info.issuer,
+        "serial": info.serial,
+        "not_before": _iso(info.not_before),
+        "not_after": _iso(info.not_after),
+        "lifetime_days": round(info.lifetime.total_seconds() / 86400, 3),
+        "key_type": info.key_type,
+        "sha256": info.sha256,
+    }
+
+
+def _served_dict(served: ServedCert | str, disk: CertInfo | None) -> dict[str, Any]:
+    """What was served for one name, as plain JSON data."""
+    if isinstance(served, str):
+        return {"ok": False, "error": served, "sha256": None, "matches_disk": None, "not_after": None}
+    info = served.info
+    return {
+        "ok": served.ok,
+        "error": served.error,
+        "sha256": info.sha256 if info else None,
+        "matches_disk": (info.sha256 == disk.sha256) if (info and disk) else None,
+        "not_after": _iso(info.not_after) if info else None,
+    }
+
+
+def row_dict(row: Row) -> dict[str, Any]:
+    """One row as plain JSON data (the element type of the JSON report's `rows`)."""
+    rec = row.record
+    renewal = dict(rec.renewal_status) if rec.renewal_status is not None else None
+    return {
+        "host": rec.host,
+        "site": rec.site,
+        "domains": list(rec.domains),
+        "status": row.status.value,
+        "notes": list(row.notes),
+        "days_left": _round(row.days_left),
+        "fraction_left": _round(row.fraction_left, 4),
+        "certificate": _cert_dict(rec.disk),
+        "served": {d: _served_dict(rec.served[d], rec.disk) for d in sorted(rec.served)},
+        "renewal": renewal,
+        "cron_present": rec.cron_present,
+        "unreachable_error": rec.unreachable_error,
+    }
+
+
+def to_json(report: Report) -> str:
+    """The report as stable, indented JSON (schema `certfab.report/1`)."""
+    doc = {
+        "schema": JSON_SCHEMA,
+        "generated_at": _iso(report.generated_at),
+        "exit_code": exit_code(report),
+        "thresholds": report.thresholds.describe(),
+        "counts": report.counts(),
+        "rows": [row_dict(row) for row in report.rows],
+    }
+    return json.dumps(doc, indent=2, ensure_ascii=False, default=str) + "\n"
+
+
+CSV_COLUMNS = (
+    "host",
+    "site",
+    "status",
+    "days_left",
+    "fraction_left",
+    "not_before",
+    "not_after",
+    "names",
+    "issuer",
+    "key_type",
+    "serial",
+    "sha256",
+    "served_mismatch",
+    "renewal_result",
+    "renewal_time",
+    "cron_present",
+    "notes",
+)
+
+
+def to_csv(report: Report) -> str:
+    """The report as CSV with a header line; lists are space- or '; '-joined."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(CSV_COLUMNS)
+    for row in report.rows:
+        rec, disk = row.record, row.record.disk
+        mismatched = [
+            d
+            for d, s in sorted(rec.served.items())
+            if isinstance(s, ServedCert) and s.info and disk and s.info.sha256 != disk.sha256
+        ]
+        renewal = rec.renewal_status or {}
+        values: list[object] = [
+            rec.host,
+            rec.site,
+            row.status.value,
+            "" if row.days_left is None else f"{row.days_left:.3f}",
+            "" if row.fraction_left is None else f"{row.fraction_left:.4f}",
+            _iso(disk.not_before) if disk else "",
+            _iso(disk.not_after) if disk else "",
+            " ".join(disk.names) if disk else "",
+            disk.issuer if disk else "",
+            disk.key_type if disk else "",
+            disk.serial if disk else "",
+            disk.sha256 if disk else "",
+            " ".join(mismatched),
+            renewal.get("result", ""),
+            renewal.get("time", ""),
+            "yes" if rec.cron_present else "no",
+            "; ".join(row.notes),
+        ]
+        writer.writerow([_csv_safe(v) for v in values])
+    return out.getvalue()
+
+
+def _csv_safe(value: object) -> str:
+    """Neutralise text a spreadsheet would run as a formula (it may come from a remote host)."""
+    text = "" if value is None else str(value)
+    if text[:1] in ("=", "+", "-", "@", "\t", "\r") and not _is_number(text):
+        return "'" + text
+    return text
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+# --- rich table ------------------------------------------------------------------------------------
+
+STATUS_STYLES: dict[Status, str] = {
+    Status.EXPIRED: "bold white on red",
+    Status.CRITICAL: "bold red",
+    Status.MISMATCH: "bold magenta",
+    Status.RENEWAL_FAILING: "red",
+    Status.UNREACHABLE: "bold yellow",
+    Status.WARN: "yellow",
+    Status.OK: "green",
+}
+
+
+def to_rich_table(report: Report) -> Table:
+    """The report as a rich Table, coloured by status."""
+    table = Table(title=f"certificates at {_iso(report.generated_at)}")
+    table.add_column("status")
+    table.add_column("host")
+    table.add_column("site")
+    table.add_column("days left", justify="right")
+    table.add_column("expires (UTC)")
+    table.add_column("lifetime", justify="right")
+    table.add_column("issuer / key")
+    table.add_column("notes")
+    for row in report.rows:
+        rec, disk = row.record, row.record.disk
+        style = STATUS_STYLES[row.status]
+        # Text() never interprets markup, so names and remote messages are shown as they are.
+        table.add_row(
+            Text(row.status.value, style=style),
+            Text(rec.host),
+            Text(rec.site),
+            Text("" if row.days_left is None else f"{row.days_left:.1f}", style=style),
+            Text(f"{disk.not_after:%Y-%m-%d %H:%M}" if disk else ""),
+            Text(f"{disk.lifetime.total_seconds() / 86400:.0f} d" if disk else ""),
+            Text(f"{disk.issuer}, {disk.key_type}" if disk else ""),
+            Text("\n".join(row.notes)),
+        )
+    return table
+
+
+# --- HTML ------------------------------------------------------------------------------------------
+
+STATUS_COLOURS: dict[Status, str] = {
+    Status.EXPIRED: "#7f1d1d",
+    Status.CRITICAL: "#dc2626",
+    Status.MISMATCH: "#a21caf",
+    Status.RENEWAL_FAILING: "#ea580c",
+    Status.UNREACHABLE: "#6b7280",
+    Status.WARN: "#ca8a04",
+    Status.OK: "#16a34a",
+}
+
+_CHART_WIDTH = 1000
+_LABEL_WIDTH = 260
+_BAR_HEIGHT = 18
+_BAR_GAP = 8
+_AXIS_HEIGHT = 30
+
+
+def timeline(report: Report) -> dict[str, Any]:
+    """Geometry of the SVG timeline: one bar per certificate from not_before to not_after."""
+    certs = [row for row in report.rows if row.record.disk is not None]
+    now = report.generated_at
+    plot_width = _CHART_WIDTH - _LABEL_WIDTH - 20
+    if certs:
+        start = min(min(r.record.disk.not_before for r in certs if r.record.disk), now)
+        end = max(max(r.record.disk.not_after for r in certs if r.record.disk), now)
+    else:
+        start, end = now - timedelta(days=1), now + timedelta(days=1)
+    pad = (end - start) * 0.02 or timedelta(hours=1)
+    start, end = start - pad, end + pad
+    span = (end - start).total_seconds()
+
+    def x(when: datetime) -> float:
+        return round(_LABEL_WIDTH + (when - start).total_seconds() / span * plot_width, 1)
+
+    bars = []
+    for i, row in enumerate(certs):
+        disk = row.record.disk
+        assert disk is not None
+        y = _AXIS_HEIGHT + i * (_BAR_HEIGHT + _BAR_GAP)
+        x0, x1 = x(disk.not_before), x(disk.not_after)
+        bars.append(
+            {
+                "x": x0,
+                "y": y,
+                "width": max(round(x1 - x0, 1), 1.0),
+                "height": _BAR_HEIGHT,
+                "label": f"{row.record.host} / {row.record.site}",
+                "label_y": y + _BAR_HEIGHT - 4,
+                "status": row.status.value,
+                "colour": STATUS_COLOURS[row.status],
+                "tooltip": (
+                    f"{row.record.host} / {row.record.site}: {row.status.value}, "
+                    f"{_iso(disk.not_before)} to {_iso(disk.not_after)}"
+                ),
+            }
+        )
+    height = _AXIS_HEIGHT + max(len(certs), 1) * (_BAR_HEIGHT + _BAR_GAP) + 10
+    ticks = []
+    for k in range(1, 6):  # inner ticks only, so edge labels never spill out of the chart
+        when = start + (end - start) * (k / 6)
+        ticks.append({"x": x(when), "label": f"{when:%Y-%m-%d}"})
+    return {
+        "width": _CHART_WIDTH,
+        "height": height,
+        "label_width": _LABEL_WIDTH,
+        "plot_right": _LABEL_WIDTH + plot_width,
+        "bars": bars,
+        "ticks": ticks,
+        "today_x": x(now),
+        "today_label": f"today {now:%Y-%m-%d}",
+        "today_anchor": "end" if x(now) > _LABEL_WIDTH + plot_width * 0.8 else "start",
+    }
+
+
+def to_html(report: Report) -> str:
+    """A single self-contained HTML page: summary, SVG timeline and the table (no external assets)."""
+    env = Environment(
+        loader=FileSystemLoader(str(TEMPLATES_DIR)),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    template = env.get_template("report.html.j2")
+    rows = []
+    for row in report.rows:
+        data = row_dict(row)
+        data["colour"] = STATUS_COLOURS[row.status]
+        rows.append(data)
+    return template.render(
+        generated_at=_iso(report.generated_at),
+        counts=report.counts(),
+        exit_code=exit_code(report),
+        thresholds_text=report.thresholds.text(),
+        colours={s.value: c for s, c in STATUS_COLOURS.items()},
+        rows=rows,
+        chart=timeline(report),
+    )
+
+
+# --- Prometheus ------------------------------------------------------------------------------------
+
+_METRICS: tuple[tuple[str, str], ...] = (
+    ("certfab_certificate_expiry_timestamp_seconds", "Certificate notAfter as a UNIX timestamp."),
+    ("certfab_certificate_days_left", "Days until the certificate expires (negative once expired)."),
+    ("certfab_certificate_lifetime_fraction_left", "Share of the certificate lifetime left (0..1)."),
+    ("certfab_certificate_status", "Report status of the certificate (1 for the current status)."),
+    ("certfab_renewal_last_result", "Result of the host's last renewal run (1 for the current result)."),
+    ("certfab_renewal_last_run_timestamp_seconds", "Time of the host's last renewal run."),
+    ("certfab_host_up", "Whether the host could be read (1) or not (0)."),
+    ("certfab_report_generated_timestamp_seconds", "When this report was generated."),
+)
+
+
+def to_prometheus(report: Report) -> str:
+    """The report in node_exporter textfile format (HELP/TYPE, all gauges)."""
+    samples: dict[str, list[str]] = {name: [] for name, _ in _METRICS}
+
+    def add(metric: str, labels: Sequence[tuple[str, str]], value: float) -> None:
+        text = ",".join(f'{k}="{_label(v)}"' for k, v in labels)
+        samples[metric].append(
+            f"{metric}{{{text}}} {_number(value)}" if text else f"{metric} {_number(value)}"
+        )
+
+    hosts: dict[str, bool] = {}
+    renewals: dict[str, Mapping[str, Any]] = {}
+    for row in report.rows:
+        rec = row.record
+        hosts[rec.host] = hosts.get(rec.host, True) and rec.unreachable_error is None
+        if rec.renewal_status is not None:
+            renewals.setdefault(rec.host, rec.renewal_status)
+        ident = (("host", rec.host), ("site", rec.site))
+        if rec.disk is not None and row.days_left is not None:
+            add("certfab_certificate_expiry_timestamp_seconds", ident, rec.disk.not_after.timestamp())
+            add("certfab_certificate_days_left", ident, round(row.days_left, 3))
+            add("certfab_certificate_lifetime_fraction_left", ident, round(row.fraction_left or 0.0, 4))
+        add("certfab_certificate_status", (*ident, ("status", row.status.value)), 1)
+    for host, status in sorted(renewals.items()):
+        add(
+            "certfab_renewal_last_result",
+            (("host", host), ("result", str(status.get("result", "unknown")))),
+            1,
+        )
+        when = _parse_time(status.get("time"))
+        if when is not None:
+            add("certfab_renewal_last_run_timestamp_seconds", (("host", host),), when.timestamp())
+    for host, up in sorted(hosts.items()):
+        add("certfab_host_up", (("host", host),), 1 if up else 0)
+    add("certfab_report_generated_timestamp_seconds", (), report.generated_at.timestamp())
+
+    lines: list[str] = []
+    for name, help_text in _METRICS:
+        if samples[name]:
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", *samples[name]]
+    return "\n".join(lines) + "\n"
+
+
+def _label(value: str) -> str:
+    """Escape a label value for the Prometheus text format."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _number(value: float) -> str:
+    """A sample value: integers without a fraction, others as shortest float text."""
+    if float(value).is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return repr(float(value))
+
+
+# --- mail ------------------------------------------------------------------------------------------
+
+
+def digest_subject(report: Report) -> str:
+    """One-line summary used as the mail subject."""
+    counts = report.counts()
+    total = len(report.rows)
+    problems = sum(counts[s.value] for s in Status if s in _PROBLEMS)
+    warns = counts[Status.WARN.value]
+    if not total:
+        return "certfab: no certificates in the report"
+    if not problems and not warns:
+        return f"certfab: all {total} certificates ok"
+    parts = []
+    if problems:
+        parts.append(f"{problems} problem{'s' if problems != 1 else ''}")
+    if warns:
+        parts.append(f"{warns} warning{'s' if warns != 1 else ''}")
+    parts.append(f"{counts[Status.OK.value]} ok")
+    return "certfab: " + ", ".join(parts)
+
+
+def digest_text(report: Report) -> str:
+    """Plain-text digest: counts, then one block per non-ok row, then the ok rows in one line each."""
+    lines = [f"certfab certificate report, {_iso(report.generated_at)}", ""]
+    counts = report.counts()
+    lines.append("  ".join(f"{name}: {n}" for name, n in counts.items() if n) or "no certificates")
+    lines.append("")
+    for row in report.rows:
+        rec, disk = row.record, row.record.disk
+        head = (
+            f"[{row.status.value.upper()}] {rec.host} / {rec.site}"
+            if rec.site
+            else f"[{row.status.value.upper()}] {rec.host}"
+        )
+        if disk is not None and row.days_left is not None:
+            head += f": {row.days_left:.1f} days left, expires {disk.not_after:%Y-%m-%d %H:%M} UTC"
+        lines.append(head)
+        if row.status is not Status.OK:
+            if disk is not None:
+                lines.append(f"    names: {' '.join(disk.names)}")
+            lines += [f"    - {note}" for note in row.notes]
+    lines += ["", f"exit code: {exit_code(report)}", ""]
+    return "\n".join(lines)
+
+
+def digest_mail(report: Report, to: str | Sequence[str], sender: str) -> EmailMessage:
+    """A plain-text e-mail summarising the report, ready for smtplib's send_message."""
+    msg = EmailMessage()
+    msg["Subject"] = digest_subject(report)
+    msg["From"] = sender
+    msg["To"] = to if isinstance(to, str) else ", ".join(to)
+    msg["Date"] = format_datetime(report.generated_at.astimezone(timezone.utc))
+    msg.set_content(digest_text(report))
+    return msg
