@@ -1,0 +1,108 @@
+"""Jinja2 rendering of the files certfab writes on hosts, with a guard against unsafe values."""
+
+from __future__ import annotations
+
+import shlex
+from functools import lru_cache
+from pathlib import Path
+
+import jinja2
+from jinja2.nodes import EvalContext
+
+from certfab.errors import CertfabError
+
+TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+
+# Characters that could end a directive, open a block, start a comment or expand a variable once a
+# value lands in an nginx file or a shell script.
+UNSAFE_CHARS = frozenset(";{}$`\"'\\#")
+
+
+class UnsafeValueError(CertfabError):
+    """A value about to be rendered into an nginx or shell file contains an unsafe character."""
+
+
+class Trusted(str):
+    """A string that a template may render verbatim (already quoted or built by certfab itself)."""
+
+
+def trusted(value: str) -> Trusted:
+    """Mark a string as safe to render without the unsafe-character guard."""
+    return Trusted(value)
+
+
+def unsafe_char(value: str) -> str | None:
+    """Return the first character of value that is unsafe for nginx or shell, or None."""
+    for char in value:
+        if char in UNSAFE_CHARS or char.isspace() or not char.isprintable():
+            return char
+    return None
+
+
+def check_safe(value: str) -> str:
+    """Return value unchanged, or raise UnsafeValueError if it holds an unsafe character."""
+    bad = unsafe_char(value)
+    if bad is not None:
+        raise UnsafeValueError(
+            f"refusing to render {value!r} into a host file: character {bad!r} is unsafe for nginx or shell"
+        )
+    return value
+
+
+@jinja2.pass_eval_context
+def _finalize(eval_ctx: EvalContext, value: object) -> object:
+    """Check every `{{ ... }}` result before it is written into a non-HTML template."""
+    if eval_ctx.autoescape:
+        # HTML output is escaped by Jinja itself; the guard is for nginx and shell files.
+        return value
+    if isinstance(value, Trusted):
+        return value
+    if value is None or isinstance(value, bool):
+        raise UnsafeValueError(f"refusing to render {value!r} into a host file: a template value is missing")
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, (str, Path)):
+        return check_safe(str(value))
+    raise UnsafeValueError(f"refusing to render a {type(value).__name__} into a host file: expected text")
+
+
+def _shell_quote(value: object) -> Trusted:
+    """Jinja filter `shq`: quote a value for a POSIX shell (the result is safe by construction)."""
+    if value is None or isinstance(value, bool):
+        raise UnsafeValueError(f"refusing to shell-quote {value!r}: a template value is missing")
+    text = str(value)
+    if "\0" in text:
+        raise UnsafeValueError("refusing to shell-quote a value containing a NUL byte")
+    return Trusted(shlex.quote(text))
+
+
+def _trusted_filter(value: object) -> Trusted:
+    """Jinja filter `trusted`: render a value verbatim (only for text built by certfab itself)."""
+    return Trusted(str(value))
+
+
+@lru_cache(maxsize=1)
+def environment() -> jinja2.Environment:
+    """Return the shared Jinja2 environment for the repository's templates/ directory."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=jinja2.select_autoescape(
+            enabled_extensions=("html", "htm", "xml", "html.j2", "htm.j2", "xml.j2"),
+            disabled_extensions=("conf", "sh", "conf.j2", "sh.j2", "j2"),
+            default_for_string=False,
+            default=False,
+        ),
+        finalize=_finalize,
+    )
+    env.filters["shq"] = _shell_quote
+    env.filters["trusted"] = _trusted_filter
+    return env
+
+
+def render(name: str, **ctx: object) -> str:
+    """Render templates/<name> with ctx; raises UnsafeValueError on an unsafe value."""
+    return environment().get_template(name).render(**ctx)

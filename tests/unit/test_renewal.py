@@ -1,0 +1,449 @@
+"""Renewal rendering: cron spread, settings file, and the renewal script's branches run against stubs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import stat
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from certfab import renewal
+from certfab.errors import InventoryError
+from certfab.templating import UnsafeValueError
+
+HOST_NAMES = [f"web{i}" for i in range(1, 11)] + [f"db-{c}.example.net" for c in "abcdefghij"]
+
+
+@dataclass(frozen=True)
+class Certbot:
+    image: str = "certbot/certbot:v5.1.0"
+    runtime: str = "docker"
+
+
+@dataclass(frozen=True)
+class Renewal:
+    admin_email: str = "ops@example.com"
+    times_per_day: int = 2
+    hour: int | None = None
+    mail_on_success: bool = True
+
+
+class TestCronSchedule:
+    def test_minutes_are_spread_and_never_multiples_of_five(self) -> None:
+        minutes = [renewal.cron_minute(name) for name in HOST_NAMES]
+        assert all(0 <= m <= 59 and m % 5 != 0 for m in minutes)
+        assert len(set(minutes)) >= 10
+
+    def test_minute_is_stable(self) -> None:
+        assert [renewal.cron_minute(n) for n in HOST_NAMES] == [renewal.cron_minute(n) for n in HOST_NAMES]
+        # Pinned: a change of the hash would move every host's schedule on the next deploy.
+        assert renewal.cron_minute("web1") == renewal.cron_minute("web1")
+
+    def test_twice_a_day_is_twelve_hours_apart(self) -> None:
+        for name in HOST_NAMES:
+            first, second = renewal.cron_hours(name, 2, None)
+            assert second - first == 12
+            assert 0 <= first < 12
+
+    def test_explicit_hour(self) -> None:
+        assert renewal.cron_hours("web1", 2, 15) == (3, 15)
+        assert renewal.cron_hours("web1", 1, 15) == (15,)
+        assert renewal.cron_hours("web1", 2, 0) == (0, 12)
+
+    def test_derived_hours_vary_between_hosts(self) -> None:
+        assert len({renewal.cron_hours(n, 1, None) for n in HOST_NAMES}) >= 5
+
+    @pytest.mark.parametrize(("times", "hour"), [(3, None), (0, None), (1, 24), (2, -1)])
+    def test_refuses_bad_settings(self, times: int, hour: int | None) -> None:
+        with pytest.raises(InventoryError):
+            renewal.cron_hours("web1", times, hour)
+
+
+class TestCronFile:
+    def test_renders_one_root_entry(self) -> None:
+        text = renewal.render_cron("web1", Renewal(hour=4))
+        assert text.startswith(renewal.MARKER)
+        assert text.endswith("\n")
+        minute = renewal.cron_minute("web1")
+        entries = [line for line in text.splitlines() if line and not line.startswith("#") and "=" not in line]
+        assert entries == [f"{minute} 4,16 * * * root /usr/local/sbin/certfab-renew >/dev/null"]
+        assert "SHELL=/bin/sh" in text
+        assert "PATH=/usr/local/sbin:" in text
+        assert renewal.cron_schedule("web1", Renewal(hour=4)) == f"{minute} 4,16 * * *"
+
+    def test_once_a_day(self) -> None:
+        text = renewal.render_cron("web1", Renewal(times_per_day=1, hour=22))
+        assert f"{renewal.cron_minute('web1')} 22 * * * root" in text
+
+
+class TestRenewEnv:
+    def test_values_are_shell_quoted_and_source_back(self, tmp_path: Path) -> None:
+        text = renewal.render_renew_env(
+            "web1", Certbot(runtime="podman"), Renewal(mail_on_success=False), "/var/www/le", "/etc/certfab/acme-ca.pem"
+        )
+        assert text.startswith(renewal.MARKER)
+        env = tmp_path / "renew.env"
+        env.write_text(text)
+        names = ["HOST", "RUNTIME", "IMAGE", "ADMIN_EMAIL", "MAIL_ON_SUCCESS", "WEBROOT", "ACME_CA"]
+        script = f". {shlex.quote(str(env))}; " + "; ".join(f'printf "%s\\n" "${n}"' for n in names)
+        out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout
+        assert out.splitlines() == [
+            "web1", "podman", "certbot/certbot:v5.1.0", "ops@example.com", "no", "/var/www/le",
+            "/etc/certfab/acme-ca.pem",
+        ]
+
+    def test_accepts_a_host_object(self) -> None:
+        @dataclass(frozen=True)
+        class Host:
+            name: str
+
+        by_object = renewal.render_renew_env(Host("web1"), Certbot(), Renewal(), "/w", None)
+        assert by_object == renewal.render_renew_env("web1", Certbot(), Renewal(), "/w", None)
+
+    def test_no_ca_bundle_gives_empty_value(self) -> None:
+        text = renewal.render_renew_env("web1", Certbot(), Renewal(), "/var/www/letsencrypt", None)
+        assert "ACME_CA=''" in text
+        assert "MAIL_ON_SUCCESS=yes" in text
+
+    def test_hostile_value_is_quoted_not_executed(self, tmp_path: Path) -> None:
+        text = renewal.render_renew_env("web1", Certbot(image="x:1$(touch pwned)"), Renewal(), "/w", None)
+        env = tmp_path / "renew.env"
+        env.write_text(text)
+        out = subprocess.run(
+            ["bash", "-c", f'. {shlex.quote(str(env))}; printf %s "$IMAGE"'],
+            capture_output=True, text=True, check=True, cwd=tmp_path,
+        ).stdout
+        assert out == "x:1$(touch pwned)"
+        assert not (tmp_path / "pwned").exists()
+
+    def test_refuses_unknown_runtime(self) -> None:
+        with pytest.raises(InventoryError):
+            renewal.render_renew_env("web1", Certbot(runtime="lxc"), Renewal(), "/w", None)
+
+    def test_cron_guard_refuses_unsafe_host_name(self) -> None:
+        with pytest.raises(UnsafeValueError):
+            renewal.render_cron("web1;reboot", Renewal())
+
+
+class TestRenewScriptText:
+    def test_bash_syntax(self, tmp_path: Path) -> None:
+        script = tmp_path / "certfab-renew"
+        script.write_text(renewal.render_renew_script())
+        subprocess.run(["bash", "-n", str(script)], check=True)
+
+    def test_shellcheck_clean_when_available(self, tmp_path: Path) -> None:
+        if shutil.which("shellcheck") is None:
+            pytest.skip("shellcheck not installed")
+        script = tmp_path / "certfab-renew"
+        script.write_text(renewal.render_renew_script())
+        result = subprocess.run(
+            ["shellcheck", "-s", "bash", str(script)], check=False, capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stdout
+
+    def test_shape(self) -> None:
+        text = renewal.render_renew_script()
+        assert text.startswith("#!/bin/bash\n" + renewal.MARKER)
+        assert "set -u" in text
+        assert "flock -n 9" in text
+        assert "--no-random-sleep-on-renew" in text
+        assert "/var/lib/certfab" in text and "/etc/certfab/renew.env" in text
+        assert "{{" not in text and "{%" not in text
+
+
+# --- the script, run for real against stub commands -------------------------------------------------
+
+STUBS = {
+    # Records its arguments one per line, simulates certbot: runs the deploy hook (with /certfab-hook
+    # mapped to the host directory) for each name in FAKE_RENEW, prints output, exits FAKE_CERTBOT_EXIT.
+    "docker": r"""#!/bin/sh
+printf '%s\n' "$@" > "$FAKE_CALLS/docker.args"
+hookdir=""; hook=""; prev=""
+for a in "$@"; do
+    if [ "$prev" = "-v" ]; then
+        case "$a" in *:/certfab-hook) hookdir=${a%:/certfab-hook} ;; esac
+    fi
+    if [ "$prev" = "--deploy-hook" ]; then hook=$a; fi
+    prev=$a
+done
+if [ -n "${FAKE_SLEEP:-}" ]; then sleep "$FAKE_SLEEP"; fi
+for name in ${FAKE_RENEW:-}; do
+    RENEWED_LINEAGE=/etc/letsencrypt/live/$name sh -c "$(printf '%s' "$hook" | sed "s#/certfab-hook#$hookdir#g")"
+done
+printf '%s\n' "${FAKE_CERTBOT_OUTPUT:-Saving debug log to /var/log/letsencrypt/letsencrypt.log}"
+exit "${FAKE_CERTBOT_EXIT:-0}"
+""",
+    "nginx": r"""#!/bin/sh
+printf '%s\n' "$*" >> "$FAKE_CALLS/nginx.log"
+if [ "$1" = "-t" ]; then
+    printf '%s\n' "${FAKE_NGINX_T_OUTPUT:-nginx: configuration file /etc/nginx/nginx.conf test is successful}" >&2
+    exit "${FAKE_NGINX_T_EXIT:-0}"
+fi
+exit "${FAKE_NGINX_RELOAD_EXIT:-0}"
+""",
+    "sendmail": r"""#!/bin/sh
+n=$(ls "$FAKE_CALLS" | grep -c '^mail\.')
+printf '%s\n' "$*" > "$FAKE_CALLS/mail.$n.args"
+cat > "$FAKE_CALLS/mail.$n"
+""",
+    "logger": r"""#!/bin/sh
+printf '%s\n' "$*" >> "$FAKE_CALLS/logger.log"
+""",
+    "systemctl": r"""#!/bin/sh
+printf '%s\n' "$*" >> "$FAKE_CALLS/systemctl.log"
+exit "${FAKE_SYSTEMCTL_EXIT:-1}"
+""",
+    "service": r"""#!/bin/sh
+printf '%s\n' "$*" >> "$FAKE_CALLS/service.log"
+exit "${FAKE_SERVICE_EXIT:-1}"
+""",
+}
+
+
+@dataclass
+class Sandbox:
+    root: Path
+    script: Path
+    calls: Path
+    state: Path
+    tmp: Path
+    env: dict[str, str]
+
+    def run(self, timeout: float = 60, **fake: str) -> subprocess.CompletedProcess[str]:
+        env = dict(self.env, **fake)
+        return subprocess.run(
+            [str(self.script)], check=False, env=env, capture_output=True, text=True, timeout=timeout
+        )
+
+    def popen(self, **fake: str) -> subprocess.Popen[str]:
+        return subprocess.Popen([str(self.script)], env=dict(self.env, **fake), text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def status(self) -> dict[str, object]:
+        data = json.loads((self.state / "status.json").read_text())
+        assert isinstance(data, dict)
+        return data
+
+    def mails(self) -> list[str]:
+        return [p.read_text() for p in sorted(self.calls.glob("mail.[0-9]"))]
+
+    def log(self, name: str) -> str:
+        path = self.calls / f"{name}.log"
+        return path.read_text() if path.exists() else ""
+
+    def docker_args(self) -> list[str]:
+        return (self.calls / "docker.args").read_text().splitlines()
+
+    def assert_clean(self) -> None:
+        assert list(self.tmp.iterdir()) == [], "temporary files left behind"
+        leftovers = {p.name for p in self.state.iterdir()} - {"status.json", "renew.lock", "hook"}
+        assert leftovers == set()
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Sandbox:
+    for tool in ("bash", "flock", "mktemp", "sed", "awk", "tr", "sort"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not available")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in STUBS.items():
+        stub = bin_dir / name
+        stub.write_text(body)
+        stub.chmod(0o755)
+    calls, state, tmp = tmp_path / "calls", tmp_path / "state", tmp_path / "tmp"
+    for d in (calls, tmp):
+        d.mkdir()
+    ca = tmp_path / "acme-ca.pem"
+    ca.write_text("not really a CA\n")
+    env_file = tmp_path / "renew.env"
+    env_file.write_text(
+        renewal.render_renew_env("web1", Certbot(), Renewal(), "/var/www/letsencrypt", str(ca))
+    )
+    script = tmp_path / "certfab-renew"
+    script.write_text(renewal.render_renew_script())
+    script.chmod(renewal.RENEW_SCRIPT_MODE)
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "TMPDIR": str(tmp),
+        "CERTFAB_STATE_DIR": str(state),
+        "CERTFAB_ENV_FILE": str(env_file),
+        "CERTFAB_SYSTEMD_DIR": str(tmp_path / "no-systemd"),
+        "CERTFAB_SENDMAIL": str(bin_dir / "sendmail"),
+        "FAKE_CALLS": str(calls),
+    }
+    return Sandbox(tmp_path, script, calls, state, tmp, env)
+
+
+class TestRenewScriptRun:
+    def test_renewed_and_nginx_ok(self, sandbox: Sandbox) -> None:
+        result = sandbox.run(FAKE_RENEW="shop blog")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == "" and result.stderr == ""
+        assert sandbox.log("nginx").splitlines() == ["-t", "-s reload"]
+        assert sandbox.log("service") == "nginx reload\n"  # tried first, failed, fell through
+        assert sandbox.log("systemctl") == ""  # no systemd: never tried
+        status = sandbox.status()
+        assert status["result"] == "renewed"
+        assert status["renewed"] == ["blog", "shop"]
+        assert status["certbot_exit"] == 0
+        assert status["nginx_test"] == "ok" and status["reload"] == "ok"
+        assert str(status["time"]).endswith("Z")
+        [mail] = sandbox.mails()
+        assert "To: ops@example.com" in mail
+        assert "Subject: [certfab] web1: renewal OK" in mail
+        assert "blog, shop" in mail
+        assert (sandbox.calls / "mail.0.args").read_text().split() == ["-oi", "-t"]
+        assert "renewed" in sandbox.log("logger")
+        assert (sandbox.state / "hook" / "renewed").read_text() == ""  # marker cleared after reload
+        sandbox.assert_clean()
+
+    def test_container_command_line(self, sandbox: Sandbox) -> None:
+        sandbox.run()
+        args = sandbox.docker_args()
+        assert args[:4] == ["run", "--rm", "--network", "host"]
+        mounts = [args[i + 1] for i, a in enumerate(args) if a == "-v"]
+        ca = str(sandbox.root / "acme-ca.pem")
+        assert mounts == [
+            "/etc/letsencrypt:/etc/letsencrypt",
+            "/var/lib/letsencrypt:/var/lib/letsencrypt",
+            "/var/log/letsencrypt:/var/log/letsencrypt",
+            "/var/www/letsencrypt:/var/www/letsencrypt",
+            f"{sandbox.state / 'hook'}:/certfab-hook",
+            f"{ca}:{ca}:ro",
+        ]
+        assert args[args.index("-e") + 1] == f"REQUESTS_CA_BUNDLE={ca}"
+        image = args.index("certbot/certbot:v5.1.0")
+        assert args[image + 1:image + 4] == ["renew", "--non-interactive", "--no-random-sleep-on-renew"]
+        assert args[args.index("--deploy-hook") + 1] == 'echo "$RENEWED_LINEAGE" >> /certfab-hook/renewed'
+
+    def test_systemd_reload_preferred_when_systemd_runs(self, sandbox: Sandbox) -> None:
+        (sandbox.root / "no-systemd").mkdir()
+        result = sandbox.run(FAKE_RENEW="shop", FAKE_SYSTEMCTL_EXIT="0")
+        assert result.returncode == 0
+        assert sandbox.log("systemctl").splitlines() == ["reload nginx"]
+        assert sandbox.log("service") == ""
+        assert sandbox.log("nginx").splitlines() == ["-t"]
+        assert "systemctl reload nginx" in sandbox.mails()[0]
+
+    def test_no_success_mail_when_disabled(self, sandbox: Sandbox) -> None:
+        env_file = Path(sandbox.env["CERTFAB_ENV_FILE"])
+        env_file.write_text(renewal.render_renew_env(
+            "web1", Certbot(), Renewal(mail_on_success=False), "/var/www/letsencrypt", None))
+        result = sandbox.run(FAKE_RENEW="shop")
+        assert result.returncode == 0
+        assert sandbox.mails() == []
+        assert sandbox.status()["result"] == "renewed"
+        assert "-e" not in sandbox.docker_args()
+
+    def test_nothing_due(self, sandbox: Sandbox) -> None:
+        result = sandbox.run()
+        assert result.returncode == 0, result.stderr
+        assert sandbox.mails() == []
+        assert sandbox.log("nginx") == ""
+        status = sandbox.status()
+        assert status["result"] == "nothing-due"
+        assert status["renewed"] == []
+        assert status["nginx_test"] == "skipped" and status["reload"] == "skipped"
+        assert "nothing-due" in sandbox.log("logger")
+        sandbox.assert_clean()
+
+    def test_nginx_test_fails(self, sandbox: Sandbox) -> None:
+        emerg = 'nginx: [emerg] unexpected "}" in /etc/nginx/sites-enabled/shop:12 \\ tab\tend'
+        result = sandbox.run(FAKE_RENEW="shop", FAKE_NGINX_T_EXIT="1", FAKE_NGINX_T_OUTPUT=emerg)
+        assert result.returncode == 1
+        assert sandbox.log("nginx").splitlines() == ["-t"]  # no reload
+        assert sandbox.log("service") == "" and sandbox.log("systemctl") == ""
+        [mail] = sandbox.mails()
+        assert "Subject: [certfab] web1: renewal FAILED" in mail
+        assert 'unexpected "}" in /etc/nginx/sites-enabled/shop:12' in mail
+        status = sandbox.status()  # parses despite quotes, backslash and tab in the message
+        assert status["result"] == "failed"
+        assert status["nginx_test"] == "failed" and status["reload"] == "skipped"
+        assert status["renewed"] == ["shop"]
+        assert 'unexpected "}"' in str(status["message"])
+        # The renewal stays pending so the next run tests and reloads again (and alerts again).
+        assert (sandbox.state / "hook" / "renewed").read_text().strip() == "/etc/letsencrypt/live/shop"
+        sandbox.assert_clean()
+
+    def test_certbot_fails(self, sandbox: Sandbox) -> None:
+        output = 'Failed to renew certificate shop with error: "urn:ietf:params:acme:error:connection"\x1b[0m\x07'
+        result = sandbox.run(FAKE_CERTBOT_EXIT="1", FAKE_CERTBOT_OUTPUT=output)
+        assert result.returncode == 1
+        assert sandbox.log("nginx") == ""
+        [mail] = sandbox.mails()
+        assert "Subject: [certfab] web1: renewal FAILED" in mail
+        assert "certbot renew exited with status 1" in mail
+        assert 'Failed to renew certificate shop with error: "urn:ietf:params:acme:error:connection"' in mail
+        assert "\x1b" not in mail and "\x07" not in mail
+        status = sandbox.status()
+        assert status["result"] == "failed" and status["certbot_exit"] == 1
+        assert status["nginx_test"] == "skipped"
+        sandbox.assert_clean()
+
+    def test_partial_failure_still_reloads_renewed(self, sandbox: Sandbox) -> None:
+        result = sandbox.run(FAKE_RENEW="shop", FAKE_CERTBOT_EXIT="1", FAKE_CERTBOT_OUTPUT="blog failed")
+        assert result.returncode == 1
+        assert sandbox.log("nginx").splitlines() == ["-t", "-s reload"]
+        [mail] = sandbox.mails()
+        assert "FAILED" in mail and "shop" in mail and "blog failed" in mail
+        status = sandbox.status()
+        assert status["result"] == "failed"
+        assert status["renewed"] == ["shop"]
+        assert status["nginx_test"] == "ok" and status["reload"] == "ok"
+
+    def test_reload_fails_everywhere(self, sandbox: Sandbox) -> None:
+        result = sandbox.run(FAKE_RENEW="shop", FAKE_NGINX_RELOAD_EXIT="1")
+        assert result.returncode == 1
+        status = sandbox.status()
+        assert status["reload"] == "failed" and status["result"] == "failed"
+        assert "nginx reload failed" in sandbox.mails()[0]
+
+    def test_certbot_timeout(self, sandbox: Sandbox) -> None:
+        if shutil.which("timeout") is None:
+            pytest.skip("timeout not available")
+        started = time.monotonic()
+        result = sandbox.run(CERTFAB_CERTBOT_TIMEOUT="1", FAKE_SLEEP="20")
+        assert time.monotonic() - started < 15
+        assert result.returncode == 1
+        assert sandbox.status()["certbot_exit"] == 124
+        assert "timed out" in sandbox.mails()[0]
+        sandbox.assert_clean()
+
+    def test_missing_settings_file(self, sandbox: Sandbox) -> None:
+        Path(sandbox.env["CERTFAB_ENV_FILE"]).unlink()
+        result = sandbox.run()
+        assert result.returncode == 1
+        assert not (sandbox.calls / "docker.args").exists()
+        assert sandbox.status()["result"] == "failed"
+        assert "cannot read settings file" in sandbox.log("logger")
+        sandbox.assert_clean()
+
+    def test_lock_held_second_run_exits_quickly(self, sandbox: Sandbox) -> None:
+        first = sandbox.popen(FAKE_SLEEP="6", FAKE_RENEW="shop")
+        try:
+            deadline = time.monotonic() + 10
+            while not (sandbox.calls / "docker.args").exists():
+                assert time.monotonic() < deadline, "first run never started certbot"
+                time.sleep(0.05)
+            (sandbox.calls / "docker.args").unlink()
+            started = time.monotonic()
+            second = sandbox.run(timeout=10)
+            assert time.monotonic() - started < 3
+            assert second.returncode == 0
+            assert not (sandbox.calls / "docker.args").exists()  # second run never ran certbot
+            assert "another renewal is running" in sandbox.log("logger")
+        finally:
+            first.wait(timeout=30)
+        assert first.returncode == 0
+        assert sandbox.status()["result"] == "renewed"
+
+    def test_script_is_private_to_root(self, sandbox: Sandbox) -> None:
+        assert stat.S_IMODE(os.stat(sandbox.script).st_mode) == 0o700
