@@ -248,3 +248,26 @@ def gather(remote: Remote, *, nginx: bool = True) -> HostFacts:
     """Read a host's facts with exactly one remote command."""
     result = remote.check(facts_script(remote.host, nginx=nginx), what="reading facts")
     return parse_facts(remote.host.name, result.stdout)
+
+
+def report_script() -> str:
+    """The one command report-expiry runs: public certificates, renewal configs, status, cron line."""
+    return "\n".join(
+        [
+            "LC_ALL=C; export LC_ALL",
+            f"S() {{ printf '\\n{MARK} %s@@\\n' \"$*\"; }}",
+            "S hostname; hostname 2>/dev/null || cat /etc/hostname",
+            f"S status; cat {STATE_DIR}/status.json 2>/dev/null",
+            "S certs; for d in /etc/letsencrypt/live/*/; do [ -f \"${d}cert.pem\" ] || continue; "
+            "n=$(basename \"$d\"); S cert \"$n\"; base64 -w0 \"${d}cert.pem\"; echo; "
+            "S renewal-conf \"$n\"; cat \"/etc/letsencrypt/renewal/$n.conf\" 2>/dev/null; done",
+            f"S owned-file {CRON_FILE}; [ -f {CRON_FILE} ] && base64 -w0 {CRON_FILE}; echo",
+            "S crontab; crontab -l -u root 2>/dev/null",
+        ]
+    ) + "\n"
+
+
+def gather_for_report(remote: Remote) -> HostFacts:
+    """Read what the expiry report needs with exactly one remote command."""
+    result = remote.check(report_script(), what="reading certificates")
+    return parse_facts(remote.host.name, result.stdout)

@@ -15,8 +15,22 @@ from certfab.fleet import HostOutcome, HostSession, run_fleet
 from certfab.inventory import Host, Inventory
 from certfab.recap import recap_rows, recap_table, write_run_log
 from certfab.renewal_run import run_renewal
+from certfab.errors import CertfabError
+from certfab.expiry import host_records, unreachable_records
+from certfab.report import (
+    CertRecord,
+    Thresholds,
+    build_report,
+    exit_code as report_exit_code,
+    to_csv,
+    to_html,
+    to_json,
+    to_prometheus,
+    to_rich_table,
+)
+from certfab.reports_out import save_report, send_digest, write_text
 
-__all__ = ["facts", "bootstrap", "plan", "deploy_all", "renew_now"]
+__all__ = ["facts", "bootstrap", "plan", "deploy_all", "renew_now", "report_expiry"]
 
 _HELP = {
     "inventory": "inventory file (default: $CERTFAB_INVENTORY or ./inventory.yaml)",
@@ -26,6 +40,13 @@ _HELP = {
     "parallel": "how many hosts to work on at once",
     "check": "change nothing: print the diffs and certificate requests a run would make",
     "canary": "run this many hosts first and stop if any of them fails",
+    "format": "output on stdout: table (default), json or csv",
+    "html": "also write a self-contained HTML page with a timeline to this file",
+    "prometheus": "also write node_exporter textfile metrics to this file",
+    "mail": "send one digest of the report to this address (SMTP from --smtp)",
+    "smtp": "SMTP server for --mail as HOST[:PORT] (default: $CERTFAB_SMTP or localhost:25)",
+    "warn_days": "warn below this many days left (default: below 30% of the lifetime)",
+    "critical_days": "critical below this many days left (default: below 15% of the lifetime)",
 }
 
 
@@ -159,3 +180,46 @@ def renew_now(c: Context, inventory: str | None = None, limit: str | None = None
                 if row.get("result") == "failed" and row.get("message"):
                     stdout.print(f"  {row['message']}", markup=False)
     exit_with(1 if any(o.failed or (o.value or {}).get("exit") for o in outcomes) else 0)
+
+
+@task(help=helps("inventory", "limit", "accept_new", "json", "parallel", "format", "html", "prometheus", "mail",
+                 "smtp", "warn_days", "critical_days"))
+@reports_errors
+def report_expiry(c: Context, inventory: str | None = None, limit: str | None = None, json_: bool = False,
+                  format: str = "table", html: str | None = None, prometheus: str | None = None,
+                  mail: str | None = None, smtp: str | None = None, warn_days: float | None = None,
+                  critical_days: float | None = None, accept_new: bool = False, parallel: int = 20) -> None:
+    """Report every certificate of the fleet (on disk and as served); exit 0 ok, 1 warn, 2 problem."""
+    output_format = "json" if json_ else format
+    if output_format not in ("table", "json", "csv"):
+        raise CertfabError(f"--format: {format!r} is not one of table, json, csv")
+    inv = inventory_for(c, inventory)
+    hosts = target_hosts(c, inv, limit)
+    try:
+        thresholds = Thresholds(warn_days=float(warn_days) if warn_days is not None else None,
+                                critical_days=float(critical_days) if critical_days is not None else None)
+    except ValueError as exc:
+        raise CertfabError(f"--warn-days/--critical-days: {exc}") from None
+
+    def pipeline(session: HostSession) -> list[CertRecord]:
+        return host_records(session, timeout=inv.ssh.connect_timeout)
+
+    with LiveProgress([h.name for h in hosts], "report-expiry") as progress:
+        outcomes = run_fleet(hosts, inv, pipeline, parallel=parallel, accept_new=accept_new,
+                             config=fabric_config(c), progress=progress)
+    report = build_report(unreachable_records(outcomes, {h.name: h for h in hosts}), thresholds=thresholds)
+    saved = save_report(report)
+    if output_format == "json":
+        stdout.print(to_json(report), markup=False, highlight=False)
+    elif output_format == "csv":
+        stdout.print(to_csv(report), markup=False, highlight=False, end="")
+    else:
+        stdout.print(to_rich_table(report))
+        stderr.print(f"saved {saved}", highlight=False)
+    if html:
+        write_text(html, to_html(report))
+    if prometheus:
+        write_text(prometheus, to_prometheus(report))
+    if mail:
+        send_digest(report, mail, smtp)
+    exit_with(report_exit_code(report))
