@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from invoke import Context
+from invoke.context import Context
 from invoke.exceptions import Exit
 from rich.console import Console
 from rich.live import Live

@@ -9,8 +9,9 @@ from datetime import datetime
 from certfab import nginxconf, renewal, tls
 from certfab.certs import parse_pem
 from certfab.errors import PreflightError
-from certfab.facts import HOST_CONFIG_DIR, NGINX_CERTFAB_DIR, RENEW_SCRIPT, CRON_FILE, HostFacts
+from certfab.facts import CRON_FILE, HOST_CONFIG_DIR, NGINX_CERTFAB_DIR, RENEW_SCRIPT, HostFacts
 from certfab.inventory import Host, Inventory, Site
+from certfab.tls import managed_site_path, site_include_path
 from certfab.transaction import FileWrite
 
 ACME_INCLUDE = f"{NGINX_CERTFAB_DIR}/acme-challenge.conf"
@@ -22,14 +23,6 @@ MANAGED_SITE_DIR = "/etc/nginx/conf.d"
 
 # Bootstrap renews early when less than this fraction of a certificate's lifetime is left.
 RENEW_FRACTION = 1 / 3
-
-
-def site_include_path(site: str) -> str:
-    return f"{NGINX_CERTFAB_DIR}/site-{site}.conf"
-
-
-def managed_site_path(site: str) -> str:
-    return f"{MANAGED_SITE_DIR}/certfab-{site}.conf"
 
 
 @dataclass(frozen=True)
@@ -86,10 +79,8 @@ def _tree(texts: Mapping[str, str], facts: HostFacts) -> nginxconf.NginxTree:
 
 def served_block(tree: nginxconf.NginxTree, domain: str, port: int) -> nginxconf.ServerBlock | None:
     """The block that names `domain` on `port` (a catch-all default does not count)."""
-    block = nginxconf.block_for_host(tree, domain, port)
-    if block is None or not nginxconf.names_match(block, domain):
-        return None
-    return block
+    match = nginxconf.match_host(tree, domain, port)
+    return match.block if match is not None and match.by_name else None
 
 
 def preflight(host: Host, facts: HostFacts) -> list[str]:
@@ -226,7 +217,7 @@ def desired_state(
             else:
                 texts[path] = nginxconf.convert_to_https(
                     texts[path], block, https_include=site_include_path(site.name),
-                    acme_include=ACME_INCLUDE, http2_in_listen=http2_in_listen, site=site.name,
+                    acme_include=ACME_INCLUDE, http2_in_listen=http2_in_listen, site=site.name, tree=tree,
                 )
         else:  # pragma: no cover - a non-converging edit is a bug, never a user error
             raise PreflightError(f"{host.name}: site {site.name}: nginx edits did not converge")

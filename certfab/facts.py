@@ -28,7 +28,7 @@ OWNED_GLOBS = (
     f"{HOST_CONFIG_DIR}/*",
 )
 
-_SECTION = re.compile(rf"^{MARK} ([a-z0-9-]+)(?: (.*))?@@$", re.M)
+_SECTION = re.compile(rf"^{MARK} ([a-z0-9-]+)(?: (.*))?@@$", re.MULTILINE)
 
 
 def facts_script(host: Host, *, nginx: bool = True) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ def known_hosts_name(address: str, port: int) -> str:
     return address if port == 22 else f"[{address}]:{port}"
 
 
-class RefuseUnknownKey(paramiko.MissingHostKeyPolicy):
+class RefuseUnknownKey(paramiko.MissingHostKeyPolicy):  # type: ignore[misc]
     """Refuse a host whose key is not in known_hosts, showing how to trust it."""
 
     def __init__(self, host: Host, known_hosts: Path) -> None:
@@ -42,7 +41,7 @@ class RefuseUnknownKey(paramiko.MissingHostKeyPolicy):
         )
 
 
-class AcceptNewKey(paramiko.MissingHostKeyPolicy):
+class AcceptNewKey(paramiko.MissingHostKeyPolicy):  # type: ignore[misc]
     """Record a key seen for the first time (like OpenSSH's accept-new); changed keys stay refused."""
 
     def __init__(self, host: Host, known_hosts: Path) -> None:
@@ -110,7 +109,7 @@ def open_connection(
     except paramiko.AuthenticationException as exc:
         conn.close()
         raise ConnectError(f"{host.name} ({host.address}): authentication as {host.user} failed: {exc}") from None
-    except (socket.timeout, TimeoutError):
+    except TimeoutError:
         conn.close()
         raise ConnectError(
             f"{host.name} ({host.address}:{host.port}): connection timed out after "
@@ -121,5 +120,5 @@ def open_connection(
         reason = os.strerror(exc.errno) if isinstance(exc, OSError) and exc.errno else str(exc)
         raise ConnectError(f"{host.name} ({host.address}:{host.port}): cannot connect: {reason}") from None
     if isinstance(policy, AcceptNewKey) and policy.recorded:
-        conn.certfab_notice = policy.recorded  # type: ignore[attr-defined]
+        conn.certfab_notice = policy.recorded
     return conn

@@ -51,13 +51,13 @@ reload_nginx() {
 """
 
 # Restores every journalled file by rename; used for a failed apply and for recovery.
-RESTORE = rf"""
-restore_journal() {{
+RESTORE = r"""
+restore_journal() {
     j="$1"
     [ -d "$j" ] || return 0
     for entry in "$j"/*.path; do
         [ -e "$entry" ] || continue
-        n="${{entry%.path}}"
+        n="${entry%.path}"
         target=$(cat "$entry")
         backup=$(cat "$n.backup")
         temp=$(cat "$n.temp")
@@ -72,7 +72,7 @@ restore_journal() {{
         sort -r "$j/dirs" | while IFS= read -r d; do rmdir -- "$d" 2>/dev/null; done
     fi
     rm -rf -- "$j"
-}}
+}
 """
 
 PREAMBLE = f"""set -u
@@ -143,7 +143,7 @@ def apply_script(run_id: str, writes: list[FileWrite], *, test_and_reload: bool 
     # 2. Journal: from here on, a crash is rolled back by the next run.
     lines.append(f"mv {stage} {JOURNAL} || fail_stage {JOURNAL} 'cannot open the journal'")
     # 3. Switch: hard-link each original aside, rename the new file over it.
-    for index, write in enumerate(writes):
+    for write in writes:
         target = shlex.quote(write.path)
         temp = shlex.quote(_hidden(write.path, "new"))
         backup = shlex.quote(_hidden(write.path, "backup"))

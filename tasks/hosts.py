@@ -7,30 +7,41 @@ import threading
 
 from invoke import Context, task
 
-from certfab.cli import LiveProgress, fabric_config, inventory_for, reports_errors, stderr, stdout, target_hosts, exit_with
+from certfab.bootstrap import BootstrapResult, bootstrap_host, read_acme_ca
+from certfab.cli import (
+    LiveProgress,
+    exit_with,
+    fabric_config,
+    inventory_for,
+    reports_errors,
+    stderr,
+    stdout,
+    target_hosts,
+)
+from certfab.errors import CertfabError
+from certfab.expiry import host_records, unreachable_records
 from certfab.facts import gather
 from certfab.facts_view import facts_summary, facts_text
-from certfab.bootstrap import BootstrapResult, bootstrap_host, read_acme_ca
 from certfab.fleet import HostOutcome, HostSession, run_fleet
 from certfab.inventory import Host, Inventory
 from certfab.recap import recap_rows, recap_table, write_run_log
 from certfab.renewal_run import run_renewal
-from certfab.errors import CertfabError
-from certfab.expiry import host_records, unreachable_records
 from certfab.report import (
     CertRecord,
     Thresholds,
     build_report,
-    exit_code as report_exit_code,
     to_csv,
     to_html,
     to_json,
     to_prometheus,
     to_rich_table,
 )
+from certfab.report import (
+    exit_code as report_exit_code,
+)
 from certfab.reports_out import save_report, send_digest, write_text
 
-__all__ = ["facts", "bootstrap", "plan", "deploy_all", "renew_now", "report_expiry"]
+__all__ = ["bootstrap", "deploy_all", "facts", "plan", "renew_now", "report_expiry"]
 
 _HELP = {
     "inventory": "inventory file (default: $CERTFAB_INVENTORY or ./inventory.yaml)",
