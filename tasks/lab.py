@@ -1,0 +1,48 @@
+"""Invoke tasks for the lab of real test hosts: lab.up, lab.down, lab.status."""
+
+from __future__ import annotations
+
+import time
+
+from invoke.collection import Collection
+from invoke.context import Context
+from invoke.tasks import task
+
+from certfab import lab
+from certfab.cli import reports_errors
+from certfab.lab.control import Progress
+
+
+def _progress() -> Progress:
+    """A progress printer that prefixes each line with the seconds elapsed."""
+    started = time.monotonic()
+
+    def say(message: str) -> None:
+        print(f"[lab {time.monotonic() - started:5.1f}s] {message}", flush=True)
+
+    return say
+
+
+@task(help={"hosts": "number of test hosts web1..webN (1-50, default 2)"})
+@reports_errors
+def up(c: Context, hosts: int = 2) -> None:
+    """Bring up the lab: bridge, Pebble, DNS, SMTP and N hosts; writes lab/inventory.yaml."""
+    info = lab.up(hosts, progress=_progress())
+    print(f"lab up: {', '.join(f'{h.name}={h.address}' for h in info.hosts)}; inventory {info.inventory}")
+
+
+@task
+@reports_errors
+def down(c: Context) -> None:
+    """Stop every lab process and remove the lab's namespaces, links and host trees."""
+    lab.down(progress=_progress())
+
+
+@task
+@reports_errors
+def status(c: Context) -> None:
+    """Show whether the lab, its services and each host are up."""
+    print(lab.status())
+
+
+ns = Collection("lab", up, down, status)
