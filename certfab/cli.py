@@ -20,8 +20,15 @@ from certfab.inventory import Host, Inventory, load_inventory
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-stdout = Console(highlight=False, soft_wrap=True)
-stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+def _console(to_stderr: bool) -> Console:
+    # Without a terminal rich assumes 80 columns, which folds report tables; logs can be wider.
+    probe = Console(stderr=to_stderr)
+    return Console(stderr=to_stderr, highlight=False, width=None if probe.is_terminal else 200)
+
+
+stdout = _console(False)
+stderr = _console(True)
 
 
 def reports_errors(func: F) -> F:

@@ -60,7 +60,7 @@ def facts_script(host: Host, *, nginx: bool = True) -> str:
         "S certs; for d in /etc/letsencrypt/live/*/; do [ -f \"${d}cert.pem\" ] || continue; "
         "n=$(basename \"$d\"); S cert \"$n\"; base64 -w0 \"${d}cert.pem\"; echo; "
         "S renewal-conf \"$n\"; cat \"/etc/letsencrypt/renewal/$n.conf\" 2>/dev/null; done",
-        "S crontab; crontab -l -u root 2>/dev/null",
+        "S crontab; crontab -l -u root 2>/dev/null; true",
         "S cron-d; ls -1 /etc/cron.d 2>/dev/null",
         "S competing; [ -e /etc/cron.d/certbot ] && echo /etc/cron.d/certbot; "
         "[ -d /run/systemd/system ] && systemctl is-enabled certbot.timer snap.certbot.renew.timer 2>/dev/null "
@@ -262,7 +262,7 @@ def report_script() -> str:
             "n=$(basename \"$d\"); S cert \"$n\"; base64 -w0 \"${d}cert.pem\"; echo; "
             "S renewal-conf \"$n\"; cat \"/etc/letsencrypt/renewal/$n.conf\" 2>/dev/null; done",
             f"S owned-file {CRON_FILE}; [ -f {CRON_FILE} ] && base64 -w0 {CRON_FILE}; echo",
-            "S crontab; crontab -l -u root 2>/dev/null",
+            "S crontab; crontab -l -u root 2>/dev/null; true",
         ]
     ) + "\n"
 

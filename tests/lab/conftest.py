@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,19 @@ from certfab import lab as labkit
 
 REPO_DIR = Path(__file__).resolve().parents[2]
 LAB_TESTS = Path(__file__).resolve().parent
-MIN_HOSTS = 3
+MIN_HOSTS = 12
+VENV_BIN = Path(sys.executable).parent
+
+# Each test module works on its own hosts, so modules never disturb one another.
+MODULE_HOSTS = {
+    "test_lab_smoke": ("web1", "web2"),
+    "test_facts_ssh": ("web1", "web2"),
+    "test_bootstrap": ("web3", "web4"),
+    "test_renewal": ("web5",),
+    "test_report": ("web6", "web7"),
+    "test_deploy_all": ("web8", "web9", "web10"),
+    "test_faults": ("web11", "web12"),
+}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -25,7 +38,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def lab() -> Iterator[labkit.Lab]:
-    """A running lab with >= 3 hosts (a healthy one is reused); torn down unless CERTFAB_LAB_KEEP=1."""
+    """A running lab with >= 12 hosts (a healthy one is reused); torn down unless CERTFAB_LAB_KEEP=1."""
     if not sys.platform.startswith("linux") or os.geteuid() != 0:
         pytest.skip("lab tests need root on Linux")
     info = labkit.running(REPO_DIR)
@@ -34,3 +47,28 @@ def lab() -> Iterator[labkit.Lab]:
     yield labkit.Lab(info)
     if os.environ.get("CERTFAB_LAB_KEEP") != "1":
         labkit.down(REPO_DIR)
+
+
+def certfab_cli(
+    lab: labkit.Lab, tool: str, *args: str, inventory: Path | None = None, timeout: float = 600,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run `fab` or `inv` from the repo root against the lab inventory, as an operator would."""
+    full_env = dict(os.environ)
+    full_env["CERTFAB_INVENTORY"] = str(inventory or lab.info.inventory)
+    full_env["COLUMNS"] = "200"
+    full_env.update(env or {})
+    return subprocess.run(
+        [str(VENV_BIN / tool), *args], cwd=REPO_DIR, env=full_env, capture_output=True, text=True,
+        timeout=timeout, check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def module_hosts(request: pytest.FixtureRequest, lab: labkit.Lab) -> tuple[str, ...]:
+    """The hosts this test module owns, reset to a pristine plain-HTTP state before its first test."""
+    name = Path(str(request.module.__file__)).stem
+    hosts = MODULE_HOSTS[name]
+    for host in hosts:
+        lab.reset_host(host)
+    return hosts
