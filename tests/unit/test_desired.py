@@ -1,0 +1,169 @@
+"""Desired state and plans from facts, without SSH: facts + inventory in, files and decisions out."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from certfab.desired import (
+    ACME_INCLUDE,
+    changed_writes,
+    decide_certificate,
+    desired_state,
+    preflight,
+    updated_facts_files,
+)
+from certfab.errors import PreflightError
+from certfab.facts import ConfigFile, HostFacts, Lineage, NginxFacts
+from certfab.inventory import Inventory, parse_inventory
+from certfab.tls import managed_site_path, site_include_path
+
+TREE = Path(__file__).parent / "nginx_trees" / "debian"
+NOW = datetime(2026, 11, 27, tzinfo=timezone.utc)
+
+
+def inventory(sites: list[dict[str, object]]) -> Inventory:
+    return parse_inventory(
+        {
+            "acme": {"email": "admin@example.com", "server": "staging"},
+            "defaults": {"renewal": {"admin_email": "ops@example.com"}},
+            "hosts": {"web1": {"address": "192.0.2.10", "sites": sites}},
+        },
+        Path("inventory.yaml"),
+    )
+
+
+def facts(lineages: dict[str, Lineage] | None = None) -> HostFacts:
+    files = {}
+    for path in sorted(TREE.rglob("*")):
+        if path.is_file():
+            name = "/etc/nginx/" + str(path.relative_to(TREE))
+            files[name] = ConfigFile(name, name, path.read_text())
+    nginx = NginxFacts(
+        version=(1, 22, 1), version_text="1.22.1", openssl_version=(3, 0, 11), openssl_text="OpenSSL 3.0.11",
+        sni=True, conf_path="/etc/nginx/nginx.conf", prefix="/etc/nginx", test_ok=True, test_output="",
+        files=files,
+    )
+    return HostFacts(
+        host="web1", os_name="Debian", hostname="web1", uid=0, systemd=True,
+        tools=frozenset({"flock", "curl"}), nginx=nginx, runtime_present=True, runtime_version="24.0",
+        image_present=True, image_id="sha256:x", lineages=lineages or {}, crontab="", cron_d=(),
+        competing_renewal=(), owned_files={}, journal="",
+    )
+
+
+def certificate(names: list[str], days: int, left: int) -> str:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+    not_after = NOW + timedelta(days=left)
+    cert = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_after - timedelta(days=days)).not_valid_after(not_after)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+EXAMPLE = {"name": "example", "domains": ["example.com", "www.example.com"]}
+
+
+@pytest.mark.parametrize(
+    ("names", "days", "left", "action"),
+    [
+        (None, 0, 0, "issue"),
+        (["example.com", "www.example.com"], 90, 80, "keep"),
+        (["www.example.com", "example.com"], 90, 31, "keep"),
+        (["example.com", "www.example.com"], 90, 20, "renew"),
+        (["example.com", "www.example.com"], 90, -1, "renew"),
+        (["example.com"], 90, 80, "change-names"),
+        (["example.com", "www.example.com", "old.example.com"], 90, 80, "change-names"),
+        (["example.com", "www.example.com"], 6, 3, "keep"),
+        (["example.com", "www.example.com"], 6, 1, "renew"),
+    ],
+)
+def test_certificate_decision_is_relative_to_lifetime(names, days, left, action):
+    inv = inventory([EXAMPLE])
+    lineages = {} if names is None else {"example": Lineage("example", certificate(names, days, left), "")}
+    decision = decide_certificate(inv.hosts[0].sites[0], facts(lineages), NOW)
+    assert decision.action == action, decision.reason
+
+
+def test_first_phase_adds_the_acme_include_to_the_sites_block_only():
+    inv = inventory([EXAMPLE])
+    host_facts = facts()
+    desired = desired_state(inv.hosts[0], inv, host_facts, https_sites=frozenset(), acme_ca_pem=None)
+    writes = {w.path: w for w in changed_writes(desired, host_facts)}
+    edited = writes["/etc/nginx/sites-enabled/example.com"]
+    before = host_facts.nginx.files["/etc/nginx/sites-enabled/example.com"].text
+    added = [line for line in edited.content.splitlines() if line not in before.splitlines()]
+    assert added == [f"\tinclude {ACME_INCLUDE};  # managed by certfab"]
+    assert edited.mode is None  # keeps the file's own mode and owner
+    assert "/etc/nginx/sites-enabled/default" not in writes
+    assert {ACME_INCLUDE, "/usr/local/sbin/certfab-renew", "/etc/cron.d/certfab"} <= set(writes)
+    assert writes["/usr/local/sbin/certfab-renew"].mode == "0700"
+
+
+def test_each_phase_reaches_a_fixed_point():
+    inv = inventory([EXAMPLE])
+    host = inv.hosts[0]
+    current = facts()
+    for https in (frozenset(), frozenset({"example"})):
+        desired = desired_state(host, inv, current, https_sites=https, acme_ca_pem=None)
+        current = updated_facts_files(current, changed_writes(desired, current))
+        again = desired_state(host, inv, current, https_sites=https, acme_ca_pem=None)
+        assert changed_writes(again, current) == []
+    text = current.nginx.files["/etc/nginx/sites-enabled/example.com"].text
+    assert "listen 443 ssl http2;" in text and "return 301 https://$host$request_uri;" in text
+    assert f"include {site_include_path('example')};" in text
+    original = facts().nginx.files["/etc/nginx/sites-enabled/example.com"].text
+    marker = "# second site in the same file"
+    assert text.split(marker, 1)[1] == original.split(marker, 1)[1]  # the blog block is untouched
+
+
+def test_managed_site_gets_its_own_file_in_both_phases():
+    inv = inventory([{"name": "app", "domains": ["app.example.net"], "upstream": "http://127.0.0.1:8080"}])
+    host = inv.hosts[0]
+    current = facts()
+    http = desired_state(host, inv, current, https_sites=frozenset(), acme_ca_pem=None)
+    writes = {w.path: w.content for w in changed_writes(http, current)}
+    assert "proxy_pass http://127.0.0.1:8080" in writes[managed_site_path("app")]
+    assert "443" not in writes[managed_site_path("app")]
+    current = updated_facts_files(current, changed_writes(http, current))
+    https = desired_state(host, inv, current, https_sites=frozenset({"app"}), acme_ca_pem=None)
+    final = {w.path: w.content for w in changed_writes(https, current)}
+    assert "listen 443 ssl" in final[managed_site_path("app")]
+    current = updated_facts_files(current, changed_writes(https, current))
+    assert changed_writes(desired_state(host, inv, current, https_sites=frozenset({"app"}), acme_ca_pem=None),
+                          current) == []
+
+
+@pytest.mark.parametrize(
+    ("sites", "change", "message"),
+    [
+        ([{"name": "nosite", "domains": ["unknown.example.com"]}], {}, "no port-80 server block serves unknown.example.com"),
+        ([{"name": "a", "domains": ["example.com"]}, {"name": "b", "domains": ["www.example.com"]}], {},
+         "sites a and b share the server block"),
+        ([EXAMPLE], {"uid": 1000}, "do not run as root"),
+        ([EXAMPLE], {"runtime_present": False}, "container runtime 'docker' is not installed"),
+    ],
+)
+def test_preflight_refuses_what_it_cannot_do_safely(sites, change, message):
+    inv = inventory(sites)
+    with pytest.raises(PreflightError, match=message):
+        preflight(inv.hosts[0], replace(facts(), **change))
+
+
+def test_preflight_refuses_a_config_that_already_fails():
+    broken = replace(facts(), nginx=replace(facts().nginx, test_ok=False, test_output="nginx: [emerg] bad\nfailed"))
+    inv = inventory([EXAMPLE])
+    with pytest.raises(PreflightError, match="nginx -t already fails"):
+        preflight(inv.hosts[0], broken)
