@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from certfab import nginxconf, renewal, tls
 from certfab.certs import parse_pem
 from certfab.errors import PreflightError
-from certfab.facts import CRON_FILE, HOST_CONFIG_DIR, NGINX_CERTFAB_DIR, RENEW_SCRIPT, HostFacts
+from certfab.facts import CRON_FILE, HOST_CONFIG_DIR, NGINX_CERTFAB_DIR, RENEW_SCRIPT, ConfigFile, HostFacts
 from certfab.inventory import Host, Inventory, Site
 from certfab.tls import managed_site_path, site_include_path
 from certfab.transaction import FileWrite
@@ -259,8 +259,6 @@ def current_files(facts: HostFacts) -> dict[str, str]:
 
 def updated_facts_files(facts: HostFacts, writes: list[FileWrite]) -> HostFacts:
     """Facts as they will be once `writes` are on the host (for planning the next phase)."""
-    from dataclasses import replace
-
     assert facts.nginx is not None
     by_real = {w.path: w.content for w in writes}
     files = {
@@ -273,5 +271,5 @@ def updated_facts_files(facts: HostFacts, writes: list[FileWrite]) -> HostFacts:
     # New managed-site files become part of nginx's tree through conf.d's include.
     for w in writes:
         if w.path.startswith(MANAGED_SITE_DIR + "/certfab-") and w.path not in files:
-            files[w.path] = type(next(iter(facts.nginx.files.values())))(w.path, w.path, w.content)
+            files[w.path] = ConfigFile(w.path, w.path, w.content)
     return replace(facts, nginx=replace(facts.nginx, files=files), owned_files=owned)
