@@ -73,19 +73,19 @@ class Thresholds:
         ):
             raise ValueError("thresholds need critical_days <= warn_days")
 
+    def limit(self, status: Status) -> str:
+        """The threshold of one status (warn or critical) in words: 'critical below 15% of lifetime left'."""
+        days, fraction = (
+            (self.critical_days, self.critical_fraction)
+            if status is Status.CRITICAL
+            else (self.warn_days, self.warn_fraction)
+        )
+        amount = f"{days:g} days" if days is not None else f"{fraction:.0%} of lifetime"
+        return f"{status.value} below {amount} left"
+
     def text(self) -> str:
         """The thresholds in one readable line."""
-        warn = (
-            f"{self.warn_days:g} days"
-            if self.warn_days is not None
-            else f"{self.warn_fraction:.0%} of lifetime"
-        )
-        crit = (
-            f"{self.critical_days:g} days"
-            if self.critical_days is not None
-            else f"{self.critical_fraction:.0%} of lifetime"
-        )
-        return f"warn below {warn} left, critical below {crit} left"
+        return f"{self.limit(Status.WARN)}, {self.limit(Status.CRITICAL)}"
 
     def describe(self) -> dict[str, float | None]:
         """The thresholds as plain data for reports."""
@@ -156,18 +156,30 @@ def evaluate(record: CertRecord, now: datetime, thresholds: Thresholds = Thresho
         elif expiry is not Status.OK:
             notes.append(
                 f"{_ago(disk.days_left(now))} left, {disk.fraction_left(now):.0%} of its "
-                f"{disk.lifetime.total_seconds() / 86400:.0f}-day lifetime ({thresholds.text()})"
+                f"{disk.lifetime.total_seconds() / 86400:.0f}-day lifetime ({thresholds.limit(expiry)})"
             )
     elif record.unreachable_error is None:
         found.append(Status.CRITICAL)
         notes.append("no certificate on disk for this site")
 
+    # Names that serve the same other certificate share one note: one fault, one line.
+    mismatched: dict[str, list[str]] = {}
     for domain in sorted(record.served):
-        status, note = _served_finding(domain, record.served[domain], disk)
+        served = record.served[domain]
+        if isinstance(served, ServedCert) and served.info is not None and disk is not None:
+            if served.info.sha256 != disk.sha256:
+                mismatched.setdefault(served.info.sha256, []).append(domain)
+                continue
+        status, note = _served_finding(domain, served)
         if status is not None:
             found.append(status)
         if note:
             notes.append(note)
+    for domains in mismatched.values():
+        other = record.served[domains[0]]
+        assert isinstance(other, ServedCert) and other.info is not None and disk is not None
+        found.append(Status.MISMATCH)
+        notes.append(_mismatch_note(domains, other.info, disk))
 
     if record.renewal_status is not None:
         status, note = _renewal_finding(record.renewal_status, now, thresholds)
@@ -176,7 +188,7 @@ def evaluate(record: CertRecord, now: datetime, thresholds: Thresholds = Thresho
         if note:
             notes.append(note)
     elif record.unreachable_error is None:
-        notes.append("no renewal status yet (the renewal script has not run)")
+        notes.append("renewal has not run yet")
 
     if not record.cron_present and record.unreachable_error is None:
         found.append(Status.WARN)
@@ -227,20 +239,28 @@ def _expiry_status(cert: CertInfo, now: datetime, t: Thresholds) -> Status:
     return Status.WARN if warn else Status.OK
 
 
-def _served_finding(
-    domain: str, served: ServedCert | str, disk: CertInfo | None
-) -> tuple[Status | None, str | None]:
-    """Compare what is served for one name with the certificate on disk."""
+def _served_finding(domain: str, served: ServedCert | str) -> tuple[Status | None, str | None]:
+    """A warning when the certificate served for one name could not be read (mismatches: see evaluate)."""
     if isinstance(served, str):
         return Status.WARN, f"{domain}: served certificate not read: {served}"
     if served.error is not None or served.info is None:
         return Status.WARN, f"{domain}: served certificate not read: {served.error or 'no certificate'}"
-    if disk is None or served.info.sha256 == disk.sha256:
-        return None, None
-    info = served.info
-    return Status.MISMATCH, (
-        f"{domain}: serves another certificate ({_short(info.sha256)}, {info.issuer}, "
-        f"expires {info.not_after:%Y-%m-%d}) than the one on disk ({_short(disk.sha256)})"
+    return None, None
+
+
+def _mismatch_note(domains: Sequence[str], served: CertInfo, disk: CertInfo) -> str:
+    """Why names serve another certificate than the one on disk, in one line."""
+    names = ", ".join(domains)
+    if served.not_before < disk.not_before and set(served.names) == set(disk.names):
+        return (
+            f"{names}: renewed on disk but nginx was not reloaded: it serves the previous certificate "
+            f"({_short(served.sha256)}, expires {served.not_after:%Y-%m-%d %H:%M}) instead of "
+            f"{_short(disk.sha256)}"
+        )
+    return (
+        f"{names}: serves another certificate ({_short(served.sha256)}, {served.issuer}, expires "
+        f"{served.not_after:%Y-%m-%d %H:%M}) than the one on disk ({_short(disk.sha256)}): another "
+        "server block or certificate path answers for this name"
     )
 
 
@@ -467,30 +487,43 @@ STATUS_STYLES: dict[Status, str] = {
 }
 
 
+def summary_line(report: Report) -> str:
+    """Counts per status (most urgent first), the thresholds and the exit code, in one line."""
+    counts = ", ".join(f"{n} {status}" for status, n in report.counts().items() if n) or "no certificates"
+    return f"{counts} · {report.thresholds.text()} · exit {exit_code(report)}"
+
+
 def to_rich_table(report: Report) -> Table:
-    """The report as a rich Table, coloured by status."""
-    table = Table(title=f"certificates at {_iso(report.generated_at)}")
-    table.add_column("status")
-    table.add_column("host")
-    table.add_column("site")
-    table.add_column("days left", justify="right")
-    table.add_column("expires (UTC)")
-    table.add_column("lifetime", justify="right")
-    table.add_column("issuer / key")
-    table.add_column("notes")
+    """The report as a rich Table for a person: most urgent first, coloured by status, reasons last."""
+    table = Table(
+        title=f"certificates at {report.generated_at.astimezone(timezone.utc):%Y-%m-%d %H:%M} UTC",
+        caption=summary_line(report),
+        caption_justify="left",
+    )
+    table.add_column("status", no_wrap=True)
+    table.add_column("host", no_wrap=True)
+    table.add_column("site", no_wrap=True)
+    table.add_column("expires (UTC)", no_wrap=True)
+    table.add_column("left", justify="right", no_wrap=True)
+    table.add_column("issuer", max_width=32)
+    table.add_column("notes", ratio=1, min_width=20)
     for row in report.rows:
         rec, disk = row.record, row.record.disk
         style = STATUS_STYLES[row.status]
+        left = ""
+        if row.days_left is not None:
+            left = f"{row.days_left:.1f} d"
+            if row.fraction_left is not None and row.days_left > 0:
+                left += f" ({row.fraction_left:.0%})"
         # Text() never interprets markup, so names and remote messages are shown as they are.
         table.add_row(
             Text(row.status.value, style=style),
             Text(rec.host),
-            Text(rec.site),
-            Text("" if row.days_left is None else f"{row.days_left:.1f}", style=style),
+            Text(rec.site) if rec.site else Text("-", style="dim"),
             Text(f"{disk.not_after:%Y-%m-%d %H:%M}" if disk else ""),
-            Text(f"{disk.lifetime.total_seconds() / 86400:.0f} d" if disk else ""),
-            Text(f"{disk.issuer}, {disk.key_type}" if disk else ""),
-            Text("\n".join(row.notes)),
+            Text(left, style=style),
+            Text(disk.issuer if disk else ""),
+            Text("\n".join(row.notes), style="dim" if row.status is Status.OK else ""),
         )
     return table
 
@@ -585,6 +618,9 @@ def to_html(report: Report) -> str:
     for row in report.rows:
         data = row_dict(row)
         data["colour"] = STATUS_COLOURS[row.status]
+        status = row.record.renewal_status or {}
+        when = _parse_time(status.get("time"))
+        data["renewal_when"] = f"{when:%Y-%m-%d %H:%M}" if when else ""
         rows.append(data)
     return template.render(
         generated_at=_iso(report.generated_at),

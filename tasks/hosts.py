@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import threading
 
 from invoke import Context, task
@@ -220,10 +221,10 @@ def report_expiry(c: Context, inventory: str | None = None, limit: str | None = 
                              config=fabric_config(c), progress=progress)
     report = build_report(unreachable_records(outcomes, {h.name: h for h in hosts}), thresholds=thresholds)
     saved = save_report(report)
-    if output_format == "json":
-        stdout.print(to_json(report), markup=False, highlight=False)
-    elif output_format == "csv":
-        stdout.print(to_csv(report), markup=False, highlight=False, end="")
+    if output_format in ("json", "csv"):
+        # Raw text: a console would fold long lines and replace :emoji: codes, breaking the format.
+        sys.stdout.write(to_json(report) if output_format == "json" else to_csv(report))
+        sys.stdout.flush()
     else:
         stdout.print(to_rich_table(report))
         stderr.print(f"saved {saved}", highlight=False)

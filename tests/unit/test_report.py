@@ -102,6 +102,16 @@ class TestClassify:
         assert row.status is Status.MISMATCH
         assert any("www.a.test" in n and "ffffffffffffffff" in n for n in row.notes)
 
+    def test_names_serving_the_same_old_certificate_share_one_note(self) -> None:
+        disk = cert(names=("a.test", "www.a.test"), days_left=89, fp="d" * 64)
+        previous = cert(names=("a.test", "www.a.test"), days_left=20, fp="p" * 64)
+        rec = record(disk=disk, served={"a.test": served(previous), "www.a.test": served(previous)})
+        row = evaluate(rec, NOW)
+        assert row.status is Status.MISMATCH
+        assert len(row.notes) == 1
+        assert row.notes[0].startswith("a.test, www.a.test: renewed on disk but nginx was not reloaded")
+        assert "pppppppppppppppp" in row.notes[0] and "dddddddddddddddd" in row.notes[0]
+
     def test_renewal_failing(self) -> None:
         status = dict(OK_RENEWAL, result="failed", certbot_exit=1, message="rate limited")
         row = evaluate(record(renewal_status=status), NOW)
