@@ -158,12 +158,18 @@ def _problems(info: LabInfo) -> list[str]:
     return found
 
 
-def running(repo_dir: Path | str | None = None) -> LabInfo | None:
-    """The running lab if it is healthy and its files are in <repo_dir>/lab, else None."""
+def running(repo_dir: Path | str | None = None, *, allow_stopped_hosts: bool = False) -> LabInfo | None:
+    """The running lab if it is healthy and its files are in <repo_dir>/lab, else None.
+
+    With allow_stopped_hosts, a host stopped on purpose (by a test) does not count as a problem.
+    """
     info = _state_info()
-    if info is None or info.repo_dir != _repo(repo_dir) or _problems(info):
+    if info is None or info.repo_dir != _repo(repo_dir):
         return None
-    return info
+    problems = _problems(info)
+    if allow_stopped_hosts:
+        problems = [p for p in problems if not p.endswith(" is stopped")]
+    return None if problems else info
 
 
 def _is_host_name(name: str) -> bool:

@@ -41,7 +41,8 @@ def lab() -> Iterator[labkit.Lab]:
     """A running lab with >= 12 hosts (a healthy one is reused); torn down unless CERTFAB_LAB_KEEP=1."""
     if not sys.platform.startswith("linux") or os.geteuid() != 0:
         pytest.skip("lab tests need root on Linux")
-    info = labkit.running(REPO_DIR)
+    # A host another test stopped on purpose is no reason to rebuild everyone's lab.
+    info = labkit.running(REPO_DIR, allow_stopped_hosts=True)
     if info is None or len(info.hosts) < MIN_HOSTS:
         info = labkit.up(MIN_HOSTS, REPO_DIR)
     yield labkit.Lab(info)
