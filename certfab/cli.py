@@ -12,6 +12,7 @@ from invoke.context import Context
 from invoke.exceptions import Exit
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from certfab.errors import CertfabError
@@ -31,6 +32,11 @@ stdout = _console(False)
 stderr = _console(True)
 
 
+def print_error(message: str) -> None:
+    """Print `error: MESSAGE` on stderr as one line: never folded, brackets in it shown as they are."""
+    stderr.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, highlight=False, emoji=False)
+
+
 def reports_errors(func: F) -> F:
     """Turn CertfabErrors into one line on stderr and their exit status, without a traceback."""
 
@@ -39,7 +45,7 @@ def reports_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except CertfabError as exc:
-            stderr.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+            print_error(str(exc))
             raise Exit(code=exc.exit_code) from None
         except KeyboardInterrupt:
             stderr.print("interrupted")

@@ -155,7 +155,10 @@ def _version(text: str) -> tuple[int, ...]:
 def parse_nginx_v(text: str) -> tuple[str, str, bool, str, str]:
     """Version, OpenSSL text, SNI support, conf path and prefix from `nginx -V` output."""
     version = re.search(r"nginx version: nginx/([\d.]+)", text)
-    openssl = re.search(r"(?:running|built) with (OpenSSL|LibreSSL|BoringSSL) ([\w.]+)", text)
+    # The library nginx runs with decides what TLS can do; the one it was built with may be older or newer.
+    openssl = re.search(r"running with (OpenSSL|LibreSSL|BoringSSL) ([\w.]+)", text) or re.search(
+        r"built with (OpenSSL|LibreSSL|BoringSSL) ([\w.]+)", text
+    )
     conf_path = re.search(r"--conf-path=(\S+)", text)
     prefix = re.search(r"--prefix=(\S+)", text)
     conf = conf_path.group(1) if conf_path else "/etc/nginx/nginx.conf"

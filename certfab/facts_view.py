@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from certfab.certs import parse_pem
-from certfab.facts import HostFacts
+from certfab.facts import HostFacts, gather
+from certfab.fleet import HostSession
+from certfab.inventory import Host
 from certfab.nginxconf import NginxConfError, parse_tree
 
 
-def facts_summary(facts: HostFacts) -> dict[str, Any]:
+def _runtime_answers(version: str) -> bool:
+    """Whether the runtime's `version` answer is a version (not an error such as permission denied)."""
+    return re.fullmatch(r"\d+\.\d+\S*", version.strip()) is not None
+
+
+def facts_summary(facts: HostFacts, host: Host | None = None) -> dict[str, Any]:
     """A JSON-ready summary of a host's facts (no file contents, no private material)."""
     nginx: dict[str, Any] | None = None
     if facts.nginx is not None:
@@ -62,9 +70,13 @@ def facts_summary(facts: HostFacts) -> dict[str, Any]:
         "hostname": facts.hostname,
         "os": facts.os_name,
         "nginx": nginx,
+        "uid": facts.uid,
         "container_runtime": {
+            "name": host.certbot.runtime if host is not None else None,
             "present": facts.runtime_present,
+            "answers": facts.runtime_present and _runtime_answers(facts.runtime_version),
             "version": facts.runtime_version,
+            "image": host.certbot.image if host is not None else None,
             "image_present": facts.image_present,
         },
         "certificates": certificates,
@@ -80,23 +92,36 @@ def facts_summary(facts: HostFacts) -> dict[str, Any]:
 def facts_text(summary: dict[str, Any]) -> str:
     """Human-readable rendering of facts_summary()."""
     lines = [f"{summary['host']} ({summary['hostname']}): {summary['os']}"]
+    uid = summary.get("uid", 0)
+    if uid > 0:
+        lines.append(f"  commands run as uid {uid}, not root: nginx and the runtime may not answer; set sudo: true")
     nginx = summary["nginx"]
     if nginx is None:
         lines.append("  nginx: not installed")
     else:
+        test_ok = nginx["config_test"] == "ok"
         lines.append(
             f"  nginx {nginx['version']} with {nginx['openssl'] or 'unknown TLS library'}, "
-            f"SNI {'yes' if nginx['sni'] else 'NO'}, config test: {nginx['config_test']}"
+            f"SNI {'yes' if nginx['sni'] else 'NO'}, config test: {'ok' if test_ok else 'FAILED'}"
         )
+        if not test_ok:
+            lines.extend(f"      {line}" for line in nginx["config_test"].splitlines())
         for block in nginx["server_blocks"]:
             names = " ".join(block["server_names"]) or "(no server_name)"
             lines.append(f"    server {names}  listen {', '.join(block['listens'])}  [{block['file']}:{block['line']}]")
         if "parse_error" in nginx:
             lines.append(f"    parse error: {nginx['parse_error']}")
     runtime = summary["container_runtime"]
+    if not runtime["present"]:
+        state = "missing"
+    elif runtime.get("answers", True):
+        state = runtime["version"] or "present"
+    else:
+        state = f"present but not answering: {runtime['version'] or 'no output'}"
+    name = f"{runtime['name']} " if runtime.get("name") else ""
+    image = f"certbot image {runtime['image']}" if runtime.get("image") else "certbot image"
     lines.append(
-        f"  container runtime: {'present ' + runtime['version'] if runtime['present'] else 'missing'}, "
-        f"certbot image {'present' if runtime['image_present'] else 'missing'}"
+        f"  container runtime: {name}{state}; {image} {'present' if runtime['image_present'] else 'missing'}"
     )
     if summary["certificates"]:
         for cert in summary["certificates"]:
@@ -114,3 +139,9 @@ def facts_text(summary: dict[str, Any]) -> str:
     if summary["unfinished_run"]:
         lines.append("  an unfinished certfab run left a journal; the next bootstrap recovers it")
     return "\n".join(lines)
+
+
+def read_facts(session: HostSession) -> dict[str, Any]:
+    """The facts pipeline for one host: one remote command, summarised for people and programs."""
+    session.step("reading facts")
+    return facts_summary(gather(session.remote), session.host)

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 import paramiko
 from fabric import Config, Connection
+from paramiko.ssh_exception import NoValidConnectionsError
 
 from certfab.errors import ConnectError, HostKeyError
 from certfab.inventory import Host, Inventory
+
+# paramiko's transport thread logs every failure with a traceback on stderr (through logging's last-resort
+# handler); certfab reports the same failure as one line, so paramiko's own log goes nowhere by default.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -55,6 +61,15 @@ class AcceptNewKey(paramiko.MissingHostKeyPolicy):  # type: ignore[misc]
         with open(self.known_hosts, "a", encoding="ascii") as handle:
             handle.write(line)
         self.recorded = f"{self.host.name}: recorded new host key {key.get_name()} {fingerprint(key)}"
+
+
+def _reason(exc: Exception) -> str:
+    """Why a connection failed, in words (paramiko wraps refused/unreachable in an errno-less error)."""
+    if isinstance(exc, NoValidConnectionsError) and exc.errors:
+        return "; ".join(sorted({_reason(error) for error in exc.errors.values()}))
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno)
+    return str(exc) or type(exc).__name__
 
 
 def open_connection(
@@ -117,8 +132,7 @@ def open_connection(
         ) from None
     except (OSError, paramiko.SSHException) as exc:
         conn.close()
-        reason = os.strerror(exc.errno) if isinstance(exc, OSError) and exc.errno else str(exc)
-        raise ConnectError(f"{host.name} ({host.address}:{host.port}): cannot connect: {reason}") from None
+        raise ConnectError(f"{host.name} ({host.address}:{host.port}): cannot connect: {_reason(exc)}") from None
     if isinstance(policy, AcceptNewKey) and policy.recorded:
         conn.certfab_notice = policy.recorded
     return conn

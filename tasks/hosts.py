@@ -14,6 +14,7 @@ from certfab.cli import (
     exit_with,
     fabric_config,
     inventory_for,
+    print_error,
     reports_errors,
     stderr,
     stdout,
@@ -21,8 +22,7 @@ from certfab.cli import (
 )
 from certfab.errors import CertfabError
 from certfab.expiry import host_records, unreachable_records
-from certfab.facts import gather
-from certfab.facts_view import facts_summary, facts_text
+from certfab.facts_view import facts_text, read_facts
 from certfab.fleet import HostOutcome, HostSession, run_fleet
 from certfab.inventory import Host, Inventory
 from certfab.recap import recap_rows, recap_table, write_run_log
@@ -75,23 +75,21 @@ def facts(c: Context, inventory: str | None = None, limit: str | None = None, ac
     inv = inventory_for(c, inventory)
     hosts = target_hosts(c, inv, limit)
 
-    def pipeline(session: HostSession) -> dict[str, object]:
-        session.step("reading facts")
-        return facts_summary(gather(session.remote))
-
     with LiveProgress([h.name for h in hosts], "facts") as progress:
-        outcomes = run_fleet(hosts, inv, pipeline, parallel=parallel, accept_new=accept_new,
+        outcomes = run_fleet(hosts, inv, read_facts, parallel=parallel, accept_new=accept_new,
                              config=fabric_config(c), progress=progress)
+    # Plain text, not a console: nothing folded, no markup or :emoji: read into host data.
     if json_:
-        stdout.print_json(json.dumps([o.value if o.value is not None else {"host": o.host, "error": o.error}
-                                      for o in outcomes]))
+        sys.stdout.write(json.dumps([o.value if o.value is not None else {"host": o.host, "error": o.error}
+                                     for o in outcomes], indent=2) + "\n")
     else:
         for outcome in outcomes:
             if outcome.value is not None:
-                stdout.print(facts_text(outcome.value), markup=False)
+                sys.stdout.write(facts_text(outcome.value) + "\n")
+    sys.stdout.flush()
     failed = [o for o in outcomes if o.failed]
     for outcome in failed:
-        stderr.print(f"[bold red]error:[/] {outcome.error}", highlight=False)
+        print_error(outcome.error or f"{outcome.host}: failed")
     exit_with(max((o.exit_code for o in failed), default=0))
 
 
