@@ -132,11 +132,23 @@ def preflight(host: Host, facts: HostFacts) -> list[str]:
                     f"{name}: sites {other} and {site.name} share the server block at {block.file}:{block.line}; "
                     "give each site its own server block"
                 )
-    if facts.competing_renewal:
+    competing = competing_renewal_jobs(facts.competing_renewal, facts.crontab)
+    if competing:
         warnings.append(
-            f"{name}: another renewal job would compete with certfab's: {', '.join(facts.competing_renewal)}"
+            f"{name}: another renewal job would compete with certfab's: {'; '.join(competing)}; remove or "
+            "disable it (certfab's own job renews, tests nginx, reloads and mails)"
         )
     return warnings
+
+
+def competing_renewal_jobs(found: tuple[str, ...], root_crontab: str) -> list[str]:
+    """Renewal jobs besides /etc/cron.d/certfab: packaged cron files or timers, and root crontab lines."""
+    jobs = list(found)
+    for line in root_crontab.splitlines():
+        entry = line.strip()
+        if entry and not entry.startswith("#") and ("certbot" in entry or "certfab-renew" in entry):
+            jobs.append(f"root's crontab: {entry}")
+    return jobs
 
 
 def desired_state(

@@ -161,6 +161,10 @@ def deploy_all(c: Context, inventory: str | None = None, limit: str | None = Non
                      canary=canary, title="deploy-all")
 
 
+# Results of a renewal run that needs nothing from the operator.
+RENEW_OK = ("renewed", "nothing-due")
+
+
 @task(help=helps("inventory", "limit", "accept_new", "json", "parallel"))
 @reports_errors
 def renew_now(c: Context, inventory: str | None = None, limit: str | None = None, accept_new: bool = False,
@@ -186,10 +190,13 @@ def renew_now(c: Context, inventory: str | None = None, limit: str | None = None
             else:
                 renewed = ", ".join(row.get("renewed") or []) or "nothing"  # type: ignore[arg-type]
                 stdout.print(f"{row['host']}: {row.get('result')} (renewed: {renewed}; nginx test "
-                             f"{row.get('nginx_test')}; exit {row.get('exit')})", highlight=False)
-                if row.get("result") == "failed" and row.get("message"):
+                             f"{row.get('nginx_test') or 'skipped'}; exit {row.get('exit')})",
+                             markup=False, highlight=False)
+                if row.get("result") not in RENEW_OK and row.get("message"):
                     stdout.print(f"  {row['message']}", markup=False)
-    exit_with(1 if any(o.failed or (o.value or {}).get("exit") for o in outcomes) else 0)
+    # "busy" counts too: the renewal asked for did not run.
+    exit_with(1 if any(o.failed or (o.value or {}).get("exit") or (o.value or {}).get("result") not in RENEW_OK
+                       for o in outcomes) else 0)
 
 
 @task(help=helps("inventory", "limit", "accept_new", "json", "parallel", "format", "html", "prometheus", "mail",

@@ -15,7 +15,10 @@ from pathlib import Path
 import pytest
 
 from certfab import renewal
+from certfab.desired import competing_renewal_jobs
 from certfab.errors import InventoryError
+from certfab.remote import RunResult
+from certfab.renewal_run import run_renewal
 from certfab.templating import UnsafeValueError
 
 HOST_NAMES = [f"web{i}" for i in range(1, 11)] + [f"db-{c}.example.net" for c in "abcdefghij"]
@@ -386,7 +389,17 @@ class TestRenewScriptRun:
         status = sandbox.status()
         assert status["result"] == "failed" and status["certbot_exit"] == 1
         assert status["nginx_test"] == "skipped"
+        # The status says why, not only that certbot failed (report-expiry shows this line).
+        assert str(status["message"]).startswith("certbot renew exited with status 1: Failed to renew certificate shop")
         sandbox.assert_clean()
+
+    def test_nginx_message_without_time_stamp_and_pid(self, sandbox: Sandbox) -> None:
+        emerg = '2026/11/27 23:47:15 [emerg] 31500#31500: unknown directive "bogus" in /etc/nginx/conf.d/b.conf:1'
+        result = sandbox.run(FAKE_RENEW="shop", FAKE_NGINX_T_EXIT="1", FAKE_NGINX_T_OUTPUT=emerg)
+        assert result.returncode == 1
+        message = str(sandbox.status()["message"])
+        assert message.startswith('nginx -t failed, nginx NOT reloaded: [emerg] unknown directive "bogus" in ')
+        assert "31500" not in message and "2026/11/27" not in message
 
     def test_partial_failure_still_reloads_renewed(self, sandbox: Sandbox) -> None:
         result = sandbox.run(FAKE_RENEW="shop", FAKE_CERTBOT_EXIT="1", FAKE_CERTBOT_OUTPUT="blog failed")
@@ -447,3 +460,57 @@ class TestRenewScriptRun:
 
     def test_script_is_private_to_root(self, sandbox: Sandbox) -> None:
         assert stat.S_IMODE(os.stat(sandbox.script).st_mode) == 0o700
+
+
+# --- competing renewal jobs and renew-now's reading of a run -----------------------------------------
+
+
+class TestCompetingJobs:
+    def test_packaged_jobs_and_root_crontab_lines(self) -> None:
+        crontab = (
+            "# m h dom mon dow command\nMAILTO=ops@example.com\n"
+            "0 3 * * * /usr/bin/certbot renew --quiet\n#0 4 * * * certbot renew\n"
+            "17 5 * * * /usr/local/sbin/certfab-renew\n30 2 * * * /usr/local/bin/backup\n"
+        )
+        assert competing_renewal_jobs(("/etc/cron.d/certbot", "certbot.timer"), crontab) == [
+            "/etc/cron.d/certbot", "certbot.timer",
+            "root's crontab: 0 3 * * * /usr/bin/certbot renew --quiet",
+            "root's crontab: 17 5 * * * /usr/local/sbin/certfab-renew",
+        ]
+
+    def test_none(self) -> None:
+        assert competing_renewal_jobs((), "") == []
+        assert competing_renewal_jobs((), "30 2 * * * /usr/local/bin/backup\n") == []
+
+
+@dataclass(frozen=True)
+class _Host:
+    name: str = "web1"
+
+
+class _Remote:
+    """Stands in for certfab.remote.Remote: answers run() with what the host would print."""
+
+    def __init__(self, stdout: str, exited: int = 0) -> None:
+        self.host = _Host()
+        self.result = RunResult(stdout, "", exited)
+
+    def run(self, script: str, *, timeout: float | None = None, what: str = "") -> RunResult:
+        return self.result
+
+
+class TestRunRenewal:
+    STATUS = '{"time": "2026-11-27T23:46:41Z", "result": "renewed", "renewed": ["web1"], "nginx_test": "ok"}'
+
+    def test_fresh_status(self) -> None:
+        status = run_renewal(_Remote(f"@@exit 0\n{self.STATUS}\n"))  # type: ignore[arg-type]
+        assert status["result"] == "renewed" and status["exit"] == 0
+
+    def test_lock_held_is_busy_not_the_older_result(self) -> None:
+        status = run_renewal(_Remote(f"@@exit 0\n@@stale\n{self.STATUS}\n"))  # type: ignore[arg-type]
+        assert status["result"] == "busy" and status["renewed"] == []
+        assert "another renewal run holds the lock" in status["message"]
+
+    def test_failed_before_any_status(self) -> None:
+        status = run_renewal(_Remote("@@exit 1\n@@stale\n"))  # type: ignore[arg-type]
+        assert status["result"] == "failed" and status["exit"] == 1
