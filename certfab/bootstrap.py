@@ -24,6 +24,7 @@ from certfab.fleet import HostSession
 from certfab.hostlock import HostLock
 from certfab.issue import issue_script, parse_issue_output
 from certfab.remote import Remote
+from certfab.stamp import Unchanged, input_key, read_host, stamp_if_converged, write_stamp
 from certfab.transaction import (
     EXIT_NGINX_TEST_FAILED,
     EXIT_RELOAD_FAILED,
@@ -183,7 +184,14 @@ def bootstrap_host(session: HostSession, *, check: bool, acme_ca_pem: str | None
     host = session.host
     try:
         session.step("reading facts")
-        facts = gather(session.remote)
+        # One command: "unchanged" when the host's stamp still holds, else every fact.
+        key = None if check else input_key(host, session.inventory, acme_ca_pem)
+        seen = read_host(session.remote, key=key, now=run.now)
+        if isinstance(seen, Unchanged):
+            result.certificates = {s.name: "kept" for s in host.sites}
+            result.warnings += seen.warnings
+            return result
+        facts = seen.facts
         if facts.journal.strip():
             if check:
                 result.warnings.append(f"{host.name}: an unfinished earlier run will be rolled back first")
@@ -217,6 +225,8 @@ def bootstrap_host(session: HostSession, *, check: bool, acme_ca_pem: str | None
 
         result.certificates = {n: "kept" for n in ready}
         if not writes_a and not orders:
+            if key is not None and facts is seen.facts:
+                write_stamp(session.remote, key=key, observed=seen, warnings=result.warnings, now=run.now)
             return result
         run.take_lock()
         expected = expected_fingerprints(facts, {})
@@ -224,6 +234,8 @@ def bootstrap_host(session: HostSession, *, check: bool, acme_ca_pem: str | None
             run.switch(writes_a, sorted(ready), expected, "installing ACME plumbing")
             result.changes += _describe(writes_a, before)
         if not orders:
+            if key is not None:
+                stamp_if_converged(session.remote, session.inventory, key=key, acme_ca_pem=acme_ca_pem, now=run.now)
             return result
 
         session.step(f"requesting {len(orders)} certificate(s)")
@@ -254,6 +266,8 @@ def bootstrap_host(session: HostSession, *, check: bool, acme_ca_pem: str | None
             result.changes += _describe(writes_b, before)
         if issued.certbot_failures:
             raise ApplyError(f"{host.name}: certbot failed for " + "; ".join(issued.certbot_failures))
+        if key is not None:
+            stamp_if_converged(session.remote, session.inventory, key=key, acme_ca_pem=acme_ca_pem, now=run.now)
         return result
     finally:
         run.release()

@@ -37,6 +37,12 @@ def print_error(message: str) -> None:
     stderr.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, highlight=False, emoji=False)
 
 
+class OptionError(CertfabError):
+    """A command-line option has a value the task cannot use; nothing was run."""
+
+    exit_code = 2
+
+
 def reports_errors(func: F) -> F:
     """Turn CertfabErrors into one line on stderr and their exit status, without a traceback."""
 
@@ -80,20 +86,39 @@ def fabric_config(c: Context) -> Any:
 
 
 class LiveProgress(Progress):
-    """A live per-host status table on a terminal; nothing when output is not a terminal."""
+    """Live per-host progress on a terminal (counts, running and failed hosts); nothing otherwise."""
 
     def __init__(self, hosts: list[str], title: str) -> None:
-        self.states: dict[str, str] = {host: "[dim]waiting[/]" for host in hosts}
+        self.states: dict[str, str] = {host: "waiting" for host in hosts}
+        self.details: dict[str, str] = {}
         self.title = title
         self.lock = threading.Lock()
         self.live: Live | None = None
         if stderr.is_terminal:
-            self.live = Live(self._table(), console=stderr, refresh_per_second=8, transient=True)
+            self.live = Live(self._render(), console=stderr, refresh_per_second=8, transient=True,
+                             get_renderable=self._render)
 
-    def _table(self) -> Table:
-        table = Table(title=self.title, show_header=False, box=None)
-        for host, state in self.states.items():
-            table.add_row(host, state)
+    def _render(self) -> Table:
+        with self.lock:
+            states = dict(self.states)
+            details = dict(self.details)
+        counts = {name: sum(1 for s in states.values() if s == name)
+                  for name in ("waiting", "running", "ok", "failed", "not started")}
+        done = counts["ok"] + counts["failed"] + counts["not started"]
+        summary = f"{self.title}: {done}/{len(states)} done, {counts['running']} running"
+        if counts["failed"]:
+            summary += f", [red]{counts['failed']} failed[/]"
+        if counts["not started"]:
+            summary += f", {counts['not started']} not started"
+        table = Table(title=summary, title_justify="left", show_header=False, box=None)
+        # Running hosts first, then failures; finished and waiting hosts only as counts.
+        shown = [h for h, s in states.items() if s == "running"] + [h for h, s in states.items() if s == "failed"]
+        room = max(3, stderr.size.height - 4)
+        for host in shown[:room]:
+            style = "cyan" if states[host] == "running" else "red"
+            table.add_row(host, f"[{style}]{escape(details.get(host, ''))}[/]")
+        if len(shown) > room:
+            table.add_row("…", f"{len(shown) - room} more")
         return table
 
     def __enter__(self) -> LiveProgress:
@@ -105,19 +130,28 @@ class LiveProgress(Progress):
         if self.live is not None:
             self.live.__exit__(None, None, None)
 
-    def _set(self, host: str, state: str) -> None:
+    def _set(self, host: str, state: str, detail: str) -> None:
         with self.lock:
             self.states[host] = state
-            if self.live is not None:
-                self.live.update(self._table())
+            self.details[host] = detail
 
     def step(self, host: str, message: str) -> None:
-        self._set(host, f"[cyan]{message}…[/]")
+        self._set(host, "running", f"{message}…")
 
     def done(self, host: str, outcome: HostOutcome[Any]) -> None:
-        self._set(host, "[red]failed[/]" if outcome.failed else "[green]done[/]")
+        if not outcome.started:
+            self._set(host, "not started", "not started")
+        elif outcome.failed:
+            self._set(host, "failed", outcome.error or "failed")
+        else:
+            self._set(host, "ok", "done")
         for notice in outcome.notices:
-            stderr.print(notice)
+            stderr.print(notice, markup=False, highlight=False)
+
+    def interrupted(self, running: list[str], again: bool) -> None:
+        waiting = f"waiting for {', '.join(running)} to finish or roll back" if running else "finishing"
+        prefix = "still interrupted" if again else "interrupted"
+        stderr.print(f"{prefix}: no new host will start; {waiting}", markup=False, highlight=False, soft_wrap=True)
 
 
 def exit_with(code: int) -> None:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any, Generic, TypeVar
 
+import paramiko
 from fabric import Config
 
 from certfab.errors import CertfabError
@@ -30,10 +34,26 @@ class HostOutcome(Generic[T]):
     seconds: float = 0.0
     commands: int = 0
     notices: list[str] = field(default_factory=list)
+    started: bool = True
 
     @property
     def failed(self) -> bool:
         return self.error is not None
+
+
+class Stop(threading.Event):
+    """Tells a fleet run to start no more hosts, and why (running hosts always finish)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reason = "stopped"
+        self.presses = 0
+
+    def request(self, reason: str) -> None:
+        """Stop starting hosts; the first reason given is kept."""
+        if not self.is_set():
+            self.reason = reason
+            self.set()
 
 
 class Progress:
@@ -44,6 +64,9 @@ class Progress:
 
     def done(self, host: str, outcome: HostOutcome[Any]) -> None:
         """A host finished."""
+
+    def interrupted(self, running: list[str], again: bool) -> None:
+        """Ctrl-C: no new host starts; `running` are left to finish (again: it was pressed before)."""
 
 
 @dataclass
@@ -85,18 +108,49 @@ def run_on_host(
         remote, outcome.notices = connect(host, inventory, accept_new=accept_new, config=config)
         outcome.value = pipeline(HostSession(host, remote, inventory, progress))
     except CertfabError as exc:
-        outcome.error = str(exc)
+        outcome.error = one_line(str(exc))
         outcome.exit_code = exc.exit_code
-    except KeyboardInterrupt:
-        outcome.error = f"{host.name}: interrupted"
-        raise
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        outcome.error = one_line(f"{host.name}: connection lost: {str(exc) or type(exc).__name__}")
+    except Exception as exc:  # noqa: BLE001 - one host's bug must not stop the others
+        outcome.error = one_line(f"{host.name}: unexpected error: {type(exc).__name__}: {exc}")
     finally:
         if remote is not None:
             outcome.commands = remote.commands_run
-            remote.close()
+            with contextlib.suppress(Exception):
+                remote.close()
         outcome.seconds = time.monotonic() - started
         progress.done(host.name, outcome)
     return outcome
+
+
+def one_line(text: str) -> str:
+    """An error as one line, whatever the remote side printed."""
+    return " ".join(text.split())
+
+
+@contextlib.contextmanager
+def ctrl_c_stops(stop: Stop) -> Iterator[Stop]:
+    """While active, Ctrl-C (SIGINT) only asks `stop` to start no more hosts and counts the presses.
+
+    A KeyboardInterrupt raised at a random point of the main thread could lose track of a running
+    host or leave it half-done; a flag read by the scheduler cannot. Outside the main thread, or when
+    SIGINT is ignored or already handled by a caller, nothing is changed.
+    """
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield stop
+        return
+
+    def on_sigint(signum: int, frame: FrameType | None) -> None:
+        stop.presses += 1
+        stop.request("interrupted")
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def run_fleet(
@@ -108,17 +162,20 @@ def run_fleet(
     accept_new: bool = False,
     config: Config | None = None,
     progress: Progress | None = None,
-    stop: threading.Event | None = None,
+    stop: Stop | None = None,
 ) -> list[HostOutcome[T]]:
     """Run a pipeline on every host with at most `parallel` at once; each host goes at its own pace.
 
-    When `stop` is set (Ctrl-C), no new host is started; running hosts finish on their own.
+    When `stop` is set (Ctrl-C, a failed canary), no new host is started; running hosts finish on
+    their own (a bootstrap commits or rolls back), and hosts never started come back as such.
     """
     hosts = list(hosts)
-    stop = stop or threading.Event()
+    stop = stop if stop is not None else Stop()
+    progress = progress or Progress()
     outcomes: dict[str, HostOutcome[T]] = {}
     pending = iter(hosts)
-    with ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="certfab") as pool:
+    announced = stop.presses
+    with ctrl_c_stops(stop), ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="certfab") as pool:
         running: dict[Future[HostOutcome[T]], Host] = {}
 
         def start_next() -> bool:
@@ -135,18 +192,17 @@ def run_fleet(
             if not start_next():
                 break
         while running:
-            try:
-                finished, _ = wait(list(running), timeout=0.5, return_when=FIRST_COMPLETED)
-            except KeyboardInterrupt:
-                stop.set()
-                continue
+            finished, _ = wait(list(running), timeout=0.2, return_when=FIRST_COMPLETED)
             for future in finished:
                 host = running.pop(future)
-                try:
-                    outcomes[host.name] = future.result()
-                except KeyboardInterrupt:
-                    outcomes[host.name] = HostOutcome(host.name, error=f"{host.name}: interrupted")
+                outcomes[host.name] = future.result()
                 start_next()
+            if stop.presses > announced:
+                progress.interrupted(sorted(h.name for h in running.values()), again=announced > 0)
+                announced = stop.presses
     for host in hosts:
-        outcomes.setdefault(host.name, HostOutcome(host.name, error=f"{host.name}: not started (stopped)"))
+        if host.name not in outcomes:
+            outcomes[host.name] = HostOutcome(host.name, error=f"{host.name}: not started ({stop.reason})",
+                                              started=False)
+            progress.done(host.name, outcomes[host.name])
     return [outcomes[host.name] for host in hosts]

@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from certfab.bootstrap import BootstrapResult
@@ -14,6 +15,9 @@ from certfab.fleet import HostOutcome
 
 
 def host_status(outcome: HostOutcome[BootstrapResult]) -> str:
+    """ok, changed, would change, failed or not started."""
+    if not outcome.started:
+        return "not started"
     if outcome.failed:
         return "failed"
     assert outcome.value is not None
@@ -23,6 +27,7 @@ def host_status(outcome: HostOutcome[BootstrapResult]) -> str:
 
 
 def recap_rows(outcomes: list[HostOutcome[BootstrapResult]]) -> list[dict[str, Any]]:
+    """One JSON-ready row per host."""
     rows = []
     for outcome in outcomes:
         value = outcome.value
@@ -33,7 +38,7 @@ def recap_rows(outcomes: list[HostOutcome[BootstrapResult]]) -> list[dict[str, A
                 "changes": value.changes if value else [],
                 "certificates": value.certificates if value else {},
                 "warnings": value.warnings if value else [],
-                "error": outcome.error,
+                "error": " ".join(outcome.error.split()) if outcome.error else None,
                 "seconds": round(outcome.seconds, 2),
                 "remote_commands": outcome.commands,
             }
@@ -45,7 +50,7 @@ def recap_table(rows: list[dict[str, Any]], title: str) -> Table:
     table = Table(title=title)
     for column in ("host", "status", "certificates", "details"):
         table.add_column(column)
-    colours = {"ok": "green", "changed": "yellow", "would change": "yellow", "failed": "red"}
+    colours = {"ok": "green", "changed": "yellow", "would change": "yellow", "failed": "red", "not started": "dim"}
     for row in rows:
         certs = ", ".join(f"{k} {v}" for k, v in sorted(row["certificates"].items())) or "-"
         if row["error"]:
@@ -55,14 +60,24 @@ def recap_table(rows: list[dict[str, Any]], title: str) -> Table:
         else:
             details = "no change"
         status = row["status"]
-        table.add_row(row["host"], f"[{colours.get(status, 'white')}]{status}[/]", certs, details)
+        # Host output such as nginx's "[emerg]" must show as it is, not be read as markup.
+        table.add_row(row["host"], f"[{colours.get(status, 'white')}]{status}[/]", escape(certs), escape(details))
     return table
 
 
-def write_run_log(rows: list[dict[str, Any]], kind: str, directory: Path = Path("reports")) -> Path:
-    """Keep a JSON log of the run under reports/."""
+def write_run_log(rows: list[dict[str, Any]], kind: str, directory: Path = Path("reports"),
+                  meta: dict[str, Any] | None = None) -> Path:
+    """Keep a JSON log of the run under reports/ (never overwriting another run's log)."""
     directory.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path = directory / f"{kind}-{stamp}.json"
-    path.write_text(json.dumps({"kind": kind, "time": stamp, "hosts": rows}, indent=2) + "\n")
-    return path
+    document = {"kind": kind, "time": stamp, **(meta or {}), "hosts": rows}
+    text = json.dumps(document, indent=2) + "\n"
+    for attempt in range(1000):
+        path = directory / (f"{kind}-{stamp}.json" if attempt == 0 else f"{kind}-{stamp}-{attempt}.json")
+        try:
+            with open(path, "x", encoding="utf-8") as handle:
+                handle.write(text)
+        except FileExistsError:
+            continue
+        return path
+    raise OSError(f"{directory}: cannot create a new run log for {kind}-{stamp}")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 
 from invoke import Context, task
 
 from certfab.bootstrap import BootstrapResult, bootstrap_host, read_acme_ca
 from certfab.cli import (
     LiveProgress,
+    OptionError,
     exit_with,
     fabric_config,
     inventory_for,
@@ -23,7 +23,7 @@ from certfab.cli import (
 from certfab.errors import CertfabError
 from certfab.expiry import host_records, unreachable_records
 from certfab.facts_view import facts_text, read_facts
-from certfab.fleet import HostOutcome, HostSession, run_fleet
+from certfab.fleet import HostOutcome, HostSession, Stop, ctrl_c_stops, run_fleet
 from certfab.inventory import Host, Inventory
 from certfab.recap import recap_rows, recap_table, write_run_log
 from certfab.renewal_run import run_renewal
@@ -96,26 +96,35 @@ def facts(c: Context, inventory: str | None = None, limit: str | None = None, ac
 def _bootstrap_fleet(c: Context, hosts: tuple[Host, ...], inv: Inventory, *, check: bool, accept_new: bool,
                      parallel: int, json_: bool, canary: int = 0, title: str = "bootstrap") -> None:
     """Bootstrap (or plan) hosts in parallel, print the recap and exit with its status."""
+    if parallel < 1:
+        raise OptionError(f"--parallel: {parallel} is not a positive number of hosts")
+    if canary < 0:
+        raise OptionError(f"--canary: {canary} is not a number of hosts")
     acme_ca = read_acme_ca(inv.acme.ca_bundle)
-    stop = threading.Event()
+    config = fabric_config(c)
+    stop = Stop()
 
     def pipeline(session: HostSession) -> BootstrapResult:
         return bootstrap_host(session, check=check, acme_ca_pem=acme_ca)
 
     outcomes: list[HostOutcome[BootstrapResult]] = []
-    with LiveProgress([h.name for h in hosts], title) as progress:
+    # Ctrl-C starts no new host; running ones finish (commit or roll back) and the recap says so.
+    with ctrl_c_stops(stop), LiveProgress([h.name for h in hosts], title) as progress:
         first, rest = (hosts[:canary], hosts[canary:]) if canary > 0 else ((), hosts)
         if first:
             outcomes += run_fleet(first, inv, pipeline, parallel=parallel, accept_new=accept_new,
-                                  config=fabric_config(c), progress=progress, stop=stop)
-            if any(o.failed for o in outcomes):
-                stop.set()
+                                  config=config, progress=progress, stop=stop)
+            failed = [o.host for o in outcomes if o.failed]
+            if failed:
+                stop.request(f"canary {', '.join(failed)} failed")
         outcomes += run_fleet(rest, inv, pipeline, parallel=parallel, accept_new=accept_new,
-                              config=fabric_config(c), progress=progress, stop=stop)
+                              config=config, progress=progress, stop=stop)
+    interrupted = stop.is_set() and stop.reason == "interrupted"
     rows = recap_rows(outcomes)
-    log = write_run_log(rows, "plan" if check else title)
+    log = write_run_log(rows, "plan" if check else title,
+                        meta={"check": check, "parallel": parallel, "canary": canary, "interrupted": interrupted})
     if json_:
-        stdout.print_json(json.dumps(rows))
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
     else:
         if check:
             for outcome in outcomes:
@@ -126,8 +135,8 @@ def _bootstrap_fleet(c: Context, hosts: tuple[Host, ...], inv: Inventory, *, che
             for warning in (outcome.value.warnings if outcome.value else []):
                 stderr.print(f"[yellow]warning:[/] {warning}", highlight=False)
         stdout.print(recap_table(rows, f"{title} recap"))
-        stderr.print(f"run log: {log}", highlight=False)
-    exit_with(1 if any(o.failed for o in outcomes) else 0)
+    stderr.print(f"run log: {log}", markup=False, highlight=False, soft_wrap=True)
+    exit_with(130 if interrupted else 1 if any(o.failed for o in outcomes) else 0)
 
 
 @task(help=helps("inventory", "limit", "accept_new", "json", "parallel", "check"))
