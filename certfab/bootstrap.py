@@ -18,11 +18,12 @@ from certfab.desired import (
     preflight,
     updated_facts_files,
 )
-from certfab.errors import ApplyError, CertfabError
+from certfab.errors import ApplyError, CertfabError, ConnectError, PreflightError
 from certfab.facts import HostFacts, gather
 from certfab.fleet import HostSession
 from certfab.hostlock import HostLock
 from certfab.issue import issue_script, parse_issue_output
+from certfab.nginxconf import NginxConfError
 from certfab.remote import Remote
 from certfab.stamp import Unchanged, input_key, read_host, stamp_if_converged, write_stamp
 from certfab.transaction import (
@@ -125,7 +126,10 @@ class HostRun:
     def apply(self, writes: list[FileWrite], what: str) -> None:
         """Switch files as one transaction on the host; the journal stays open until commit()."""
         self.session.step(what)
-        result = self.remote.run(apply_script(self.run_id, writes), what=what)
+        try:
+            result = self.remote.run(apply_script(self.run_id, writes), what=what)
+        except ConnectError as exc:
+            raise ConnectError(f"{exc}; the next run rolls back the open transaction first") from None
         if result.ok and "certfab-applied" in result.stdout:
             return
         detail = " ".join((result.stderr.strip() or result.stdout.strip()).split())[:400] or "no output"
@@ -203,10 +207,15 @@ def bootstrap_host(session: HostSession, *, check: bool, acme_ca_pem: str | None
         orders = [s for s in host.sites if decisions[s.name].needs_order]
         before = current_files(facts)
 
-        desired_a = desired_state(host, session.inventory, facts, https_sites=ready, acme_ca_pem=acme_ca_pem)
-        writes_a = changed_writes(desired_a, facts)
-        facts_a = updated_facts_files(facts, writes_a)
         all_sites = frozenset(s.name for s in host.sites)
+        try:
+            desired_a = desired_state(host, session.inventory, facts, https_sites=ready, acme_ca_pem=acme_ca_pem)
+            writes_a = changed_writes(desired_a, facts)
+            facts_a = updated_facts_files(facts, writes_a)
+            # Every edit up to full HTTPS must be possible before a file is written or a certificate ordered.
+            desired_state(host, session.inventory, facts_a, https_sites=all_sites, acme_ca_pem=acme_ca_pem)
+        except NginxConfError as exc:
+            raise PreflightError(f"{host.name}: {exc}") from None
 
         if check:
             result.planned = True

@@ -50,7 +50,9 @@ def facts_script(host: Host, *, nginx: bool = True) -> str:
         "S tools; for t in curl wget python3 flock logger sendmail openssl crontab nginx docker podman; do "
         "command -v \"$t\" >/dev/null 2>&1 && echo \"$t\"; done",
         # certfab's own state: journal of an unfinished run, lock owner, renewal status
-        f"S journal; cat {STATE_DIR}/journal/manifest 2>/dev/null",
+        # An open journal (or a staging area) means an earlier run was cut off mid-apply.
+        f"S journal; for j in {STATE_DIR}/journal {STATE_DIR}/journal.staging; do "
+        "[ -d \"$j\" ] && echo \"open $j\"; done; true",
         f"S status; cat {STATE_DIR}/status.json 2>/dev/null",
         f"S runtime; if command -v {runtime} >/dev/null 2>&1; then echo present; "
         f"{runtime} version --format '{{{{.Server.Version}}}}' 2>&1 | head -n 3; echo \"exit=$?\"; "

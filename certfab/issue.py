@@ -98,7 +98,10 @@ def issue_script(run_id: str, host: Host, inventory: Inventory, orders: list[tup
         lines.append(
             f"if out=$({base} {args} 2>&1); then echo \"ISSUED {site.name}\"; "
             f"printf 'CERT {site.name} '; base64 -w0 {cert}; echo; "
-            f"else echo \"CERTBOT-FAILED {site.name} $(printf '%s' \"$out\" | tr -cd '\\11\\12\\40-\\176' | "
+            # certbot lists each failed domain as Domain/Type/Detail lines: pass those on, then its last lines.
+            f"else printf '%s\\n' \"$out\" | tr -cd '\\11\\12\\40-\\176' | "
+            f"sed -n -E 's/^ *(Domain|Type|Detail): *(.*)$/CERTBOT-PROBLEM {site.name} \\1 \\2/p'; "
+            f"echo \"CERTBOT-FAILED {site.name} $(printf '%s' \"$out\" | tr -cd '\\11\\12\\40-\\176' | "
             "grep -v '^ *$' | tail -n 4 | tr '\\n' ' ')\"; status=1; fi"
         )
     lines.append(f"[ \"$status\" = 0 ] || exit {EXIT_CERTBOT_FAILED}")
@@ -115,12 +118,29 @@ class IssueResult:
     image_missing: str | None
 
 
+def _problem_text(problems: list[dict[str, str]]) -> str:
+    """certbot's per-domain validation problems as one line: `domain (type): detail; ...`."""
+    parts = []
+    for problem in problems:
+        kind = f" ({problem['Type']})" if problem.get("Type") else ""
+        parts.append(f"{problem.get('Domain', '?')}{kind}: {problem.get('Detail', 'no detail')}")
+    return "the CA could not validate " + "; ".join(parts)
+
+
 def parse_issue_output(output: str) -> IssueResult:
     issued: dict[str, str] = {}
     selftest: list[str] = []
     certbot: list[str] = []
     image: str | None = None
+    problems: dict[str, list[dict[str, str]]] = {}
     for line in output.splitlines():
+        if line.startswith("CERTBOT-PROBLEM "):
+            name, key, value = (line.removeprefix("CERTBOT-PROBLEM ").split(" ", 2) + ["", ""])[:3]
+            site_problems = problems.setdefault(name, [])
+            if key == "Domain" or not site_problems:
+                site_problems.append({})
+            site_problems[-1][key] = value.strip()
+            continue
         if line.startswith("CERT "):
             _, name, b64 = (line.split(" ", 2) + [""])[:3]
             issued[name] = base64.b64decode(b64.strip() or b"").decode("ascii", errors="replace")
@@ -129,6 +149,8 @@ def parse_issue_output(output: str) -> IssueResult:
             selftest.append(f"{domain}: the challenge probe over http://{domain}/ got {got.strip()!r}")
         elif line.startswith("CERTBOT-FAILED "):
             name, _, detail = line.removeprefix("CERTBOT-FAILED ").partition(" ")
+            if name in problems:
+                detail = _problem_text(problems[name])
             certbot.append(name + ": " + re.sub(r"\s+", " ", detail).strip())
         elif line.startswith("IMAGE-MISSING"):
             image = line.removeprefix("IMAGE-MISSING").strip()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 import threading
+import time
 from dataclasses import dataclass
 
 from fabric import Connection
@@ -62,7 +63,22 @@ class Remote:
             raise ConnectError(f"{self.host.name}: connection lost during {what}: {exc}") from None
         if result is None:  # pragma: no cover - only with asynchronous runs
             raise RemoteError(f"{self.host.name}: {what} returned no result")
+        if result.exited == -1:
+            # No exit status: the session ended under the command, or a signal killed it.
+            if self._session_lost():
+                raise ConnectError(
+                    f"{self.host.name}: connection lost during {what}; its outcome on the host is unknown"
+                )
+            raise RemoteError(f"{self.host.name}: {what} ended without an exit status (killed by a signal?)")
         return RunResult(result.stdout, result.stderr, result.exited)
+
+    def _session_lost(self) -> bool:
+        """Whether the SSH transport is gone (paramiko closes channels just before it says so)."""
+        transport = self.conn.client.get_transport()
+        deadline = time.monotonic() + 2
+        while transport is not None and transport.is_active() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return transport is None or not transport.is_active()
 
     def check(self, script: str, *, timeout: float | None = None, what: str = "remote command") -> RunResult:
         """Run a script and raise RemoteError with its last output line when it fails."""

@@ -191,7 +191,8 @@ if [ -d {JOURNAL} ]; then
 else
     echo certfab-nothing-to-roll-back
 fi
-rm -rf {JOURNAL}.staging
+# A run cut off while staging leaves hidden temp files beside their targets: remove them too.
+restore_journal {JOURNAL}.staging
 """
     if reload:
         script += "if nginx -t >/dev/null 2>&1; then reload_nginx >/dev/null 2>&1 || true; fi\n"

@@ -136,7 +136,8 @@ def _bootstrap_fleet(c: Context, hosts: tuple[Host, ...], inv: Inventory, *, che
                 stderr.print(f"[yellow]warning:[/] {warning}", highlight=False)
         stdout.print(recap_table(rows, f"{title} recap"))
     stderr.print(f"run log: {log}", markup=False, highlight=False, soft_wrap=True)
-    exit_with(130 if interrupted else 1 if any(o.failed for o in outcomes) else 0)
+    # A refused host key or option (2) outranks a failed host (1), as the README's exit table says.
+    exit_with(130 if interrupted else max((o.exit_code or 1 for o in outcomes if o.failed), default=0))
 
 
 @task(help=helps("inventory", "limit", "accept_new", "json", "parallel", "check"))
