@@ -44,7 +44,7 @@ def facts_script(host: Host, *, nginx: bool = True) -> str:
         "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin; export PATH",
         f"S() {{ printf '\\n{MARK} %s@@\\n' \"$*\"; }}",
         "S os; cat /etc/os-release 2>/dev/null",
-        "S hostname; hostname 2>/dev/null || cat /etc/hostname",
+        "S hostname; { read -r h < /proc/sys/kernel/hostname && printf '%s\\n' \"$h\"; } 2>/dev/null || hostname",
         "S uid; id -u",
         "S systemd; [ -d /run/systemd/system ] && echo yes || echo no",
         "S tools; for t in curl wget python3 flock logger sendmail openssl crontab nginx docker podman; do "
@@ -60,7 +60,7 @@ def facts_script(host: Host, *, nginx: bool = True) -> str:
         "else echo missing; fi",
         # Certificates: public halves only.
         "S certs; for d in /etc/letsencrypt/live/*/; do [ -f \"${d}cert.pem\" ] || continue; "
-        "n=$(basename \"$d\"); S cert \"$n\"; base64 -w0 \"${d}cert.pem\"; echo; "
+        "n=${d%/}; n=${n##*/}; S cert \"$n\"; base64 -w0 \"${d}cert.pem\"; echo; "
         "S renewal-conf \"$n\"; cat \"/etc/letsencrypt/renewal/$n.conf\" 2>/dev/null; done",
         "S crontab; crontab -l -u root 2>/dev/null; true",
         "S cron-d; ls -1 /etc/cron.d 2>/dev/null",
@@ -261,10 +261,11 @@ def report_script() -> str:
         [
             "LC_ALL=C; export LC_ALL",
             f"S() {{ printf '\\n{MARK} %s@@\\n' \"$*\"; }}",
-            "S hostname; hostname 2>/dev/null || cat /etc/hostname",
+            # Builtins instead of forks where they print the same: this runs on every host of the fleet.
+            "S hostname; { read -r h < /proc/sys/kernel/hostname && printf '%s\\n' \"$h\"; } 2>/dev/null || hostname",
             f"S status; cat {STATE_DIR}/status.json 2>/dev/null",
             "S certs; for d in /etc/letsencrypt/live/*/; do [ -f \"${d}cert.pem\" ] || continue; "
-            "n=$(basename \"$d\"); S cert \"$n\"; base64 -w0 \"${d}cert.pem\"; echo; "
+            "n=${d%/}; n=${n##*/}; S cert \"$n\"; base64 -w0 \"${d}cert.pem\"; echo; "
             "S renewal-conf \"$n\"; cat \"/etc/letsencrypt/renewal/$n.conf\" 2>/dev/null; done",
             f"S owned-file {CRON_FILE}; [ -f {CRON_FILE} ] && base64 -w0 {CRON_FILE}; echo",
             "S crontab; crontab -l -u root 2>/dev/null; true",

@@ -4,7 +4,7 @@ After a run that left a host in its desired state, certfab writes /var/lib/certf
 everything on the controller's side that shapes the desired state (inventory entry, ACME settings and
 CA, certfab's own code and templates), a hash of the metadata (inode, size, ctime, mode, owner, link
 target) of every file that shapes it on the host (nginx's whole tree, certbot's live and renewal
-trees, certfab's files, cron, the nginx and runtime binaries, `nginx -V`), and the time at which a
+trees, certfab's files, cron, nginx's binary and libraries, the runtime), and the time at which a
 certificate decision could change. The next run sends one script: when the key, the hash and the time
 still hold, the host answers "unchanged" after one `find`; otherwise the same script goes on to print
 every fact. ctime cannot be set from user space, so any edit, copy or rename invalidates the stamp.
@@ -100,14 +100,12 @@ def input_key(host: Host, inventory: Inventory, acme_ca_pem: str | None) -> str:
     return hashlib.sha256("\0".join(parts).encode("utf-8", errors="surrogateescape")).hexdigest()
 
 
-def _state_hash_function(host: Host) -> str:
-    """Shell function printing the md5 of the watched metadata plus `nginx -V`, for extra paths "$@"."""
-    runtime = shlex.quote(host.certbot.runtime)
+def _state_hash_function() -> str:
+    """Shell function printing the md5 of the watched trees' metadata plus the extra paths "$@"."""
     watched = " ".join(shlex.quote(path) for path in WATCHED)
     return (
         "state_hash() {\n"
-        f"    {{ find {watched} \"$(command -v nginx)\" \"$(command -v {runtime})\" \"$@\" "
-        "-printf '%p %y %i %s %C@ %m %U %G %l\\n' 2>/dev/null; nginx -V 2>&1; } | md5sum 2>/dev/null\n"
+        f"    find {watched} \"$@\" -printf '%p %y %i %s %C@ %m %U %G %l\\n' 2>/dev/null | md5sum 2>/dev/null\n"
         "}\n"
     )
 
@@ -117,7 +115,7 @@ def probe_script(host: Host, *, key: str | None, now: datetime) -> str:
     lines = [
         "LC_ALL=C; export LC_ALL",
         "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin; export PATH",
-        _state_hash_function(host),
+        _state_hash_function(),
     ]
     if key is not None:
         lines.append(
@@ -143,15 +141,21 @@ if [ "$stamp_version" = {shlex.quote(STAMP_VERSION)} ] && [ -n "$stamp_state" ] 
     fi
 fi"""
         )
-    # nginx files outside /etc/nginx (and their real paths and directories) join the watched set.
+    # Watched besides the fixed trees: nginx files outside /etc/nginx (as named, real, and their
+    # directories), the nginx binary and the libraries it loads (an OpenSSL update changes what TLS
+    # settings fit), and the container runtime.
     lines.append(
         """IFS='
 '
 set -f
-set -- $(nginx -T 2>/dev/null | sed -n 's/^# configuration file \\(.*\\):$/\\1/p' | while IFS= read -r f; do
+set -- $({ nginx -T 2>/dev/null | sed -n 's/^# configuration file \\(.*\\):$/\\1/p' | while IFS= read -r f; do
     r=$(readlink -f -- "$f" 2>/dev/null || printf '%s' "$f")
     for p in "$f" "${f%/*}" "$r" "${r%/*}"; do case $p in /etc/nginx|/etc/nginx/*|'') ;; *) printf '%s\\n' "$p" ;; esac; done
-done | sort -u)
+done
+for b in nginx """ + shlex.quote(host.certbot.runtime) + """; do p=$(command -v "$b") && readlink -f -- "$p"; done
+p=$(command -v nginx) && ldd "$p" 2>/dev/null | sed -n 's/^.*=> \\(\\/[^ ]*\\) .*$/\\1/p' | while IFS= read -r l; do
+    readlink -f -- "$l"; done
+} | sort -u)
 set +f
 unset IFS
 now_state=$(state_hash "$@")
