@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from conftest import REPO_DIR, VENV_BIN, certfab_cli
 from cryptography import x509
 
@@ -272,6 +273,71 @@ def test_terminal_shows_live_progress(lab: Lab, converged: None) -> None:
     text = ANSI.sub("", b"".join(chunks).decode(errors="replace"))
     assert re.search(r"deploy-all: \d+/3 done", text), text
     assert "deploy-all recap" in text
+
+
+def copy_inventory(lab: Lab, tmp_path: Path, **ssh: object) -> Path:
+    """The lab inventory with other ssh settings, its relative paths made absolute."""
+    lab_dir = lab.info.inventory.parent
+    data = yaml.safe_load(lab.info.inventory.read_text())
+    data["ssh"]["known_hosts"] = str(lab_dir / data["ssh"]["known_hosts"])
+    data["ssh"].update(ssh)
+    data["defaults"]["key_file"] = str(lab_dir / data["defaults"]["key_file"])
+    for key in ("ca_bundle", "trust_roots"):
+        data["acme"][key] = str(lab_dir / data["acme"][key])
+    path = tmp_path / "inventory.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def test_a_silent_host_times_out_alone(lab: Lab, converged: None, tmp_path: Path) -> None:
+    inventory = copy_inventory(lab, tmp_path, connect_timeout=3)
+    # web10 swallows every SSH packet: only its own connect timeout can end its part of the run.
+    drop = "INPUT -p tcp --dport 22 -j DROP"
+    lab.host_exec("web10", f"iptables -I {drop}")
+    try:
+        result = certfab_cli(lab, "inv", "deploy-all", "--limit", LIMIT, inventory=inventory)
+    finally:
+        lab.host_exec("web10", f"iptables -D {drop}")
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    recap = rows(run_log(result.stderr))
+    for host in ("web8", "web9"):
+        assert (recap[host]["status"], recap[host]["error"]) == ("ok", None), recap[host]
+    assert recap["web10"]["status"] == "failed"
+    assert "timed out after 3s" in recap["web10"]["error"], recap["web10"]
+
+
+def test_drift_after_a_no_change_run_is_put_right(lab: Lab, converged: None) -> None:
+    result, log = deploy(lab)
+    assert result.returncode == 0 and {row["status"] for row in log["hosts"]} == {"ok"}
+    # Harmless on web8 (a comment), harmful on web9 (cron line gone) and web10 (no ACME include).
+    with lab.host_path("web8", "/etc/nginx/nginx.conf").open("a") as handle:
+        handle.write("# an operator's note\n")
+    lab.host_path("web9", "/etc/cron.d/certfab").unlink()
+    site = lab.host_path("web10", "/etc/nginx/sites-available/web10")
+    text = site.read_text()
+    assert "include /etc/nginx/certfab/acme-challenge.conf;" in text
+    site.write_text("".join(line for line in text.splitlines(keepends=True) if "acme-challenge.conf" not in line))
+
+    result, log = deploy(lab)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    recap = rows(log)
+    assert (recap["web8"]["status"], recap["web8"]["changes"]) == ("ok", [])
+    assert recap["web8"]["remote_commands"] == 2, "web8 was not read again after its nginx.conf changed"
+    assert recap["web9"]["status"] == "changed"
+    assert "created /etc/cron.d/certfab" in recap["web9"]["changes"]
+    assert "/usr/local/sbin/certfab-renew" in lab.host_path("web9", "/etc/cron.d/certfab").read_text()
+    assert recap["web10"]["status"] == "changed"
+    assert "include /etc/nginx/certfab/acme-challenge.conf;" in site.read_text()
+    for host in HOSTS:
+        assert_nginx_sound(lab, host)
+        assert_https(lab, host)
+
+    result, log = deploy(lab)
+    assert result.returncode == 0
+    assert [(r["status"], r["changes"]) for r in log["hosts"]] == [("ok", [])] * 3
+    assert max(r["remote_commands"] for r in log["hosts"]) <= 2
 
 
 # --------------------------------------------------------------------------- Ctrl-C
