@@ -10,10 +10,11 @@ from typing import Any, TypeVar
 
 from invoke.context import Context
 from invoke.exceptions import Exit
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from certfab.errors import CertfabError
 from certfab.fleet import HostOutcome, Progress
@@ -98,7 +99,7 @@ class LiveProgress(Progress):
             self.live = Live(self._render(), console=stderr, refresh_per_second=8, transient=True,
                              get_renderable=self._render)
 
-    def _render(self) -> Table:
+    def _render(self) -> Group:
         with self.lock:
             states = dict(self.states)
             details = dict(self.details)
@@ -106,11 +107,13 @@ class LiveProgress(Progress):
                   for name in ("waiting", "running", "ok", "failed", "not started")}
         done = counts["ok"] + counts["failed"] + counts["not started"]
         summary = f"{self.title}: {done}/{len(states)} done, {counts['running']} running"
+        if counts["waiting"]:
+            summary += f", {counts['waiting']} waiting"
         if counts["failed"]:
             summary += f", [red]{counts['failed']} failed[/]"
         if counts["not started"]:
             summary += f", {counts['not started']} not started"
-        table = Table(title=summary, title_justify="left", show_header=False, box=None)
+        table = Table(show_header=False, box=None)
         # Running hosts first, then failures; finished and waiting hosts only as counts.
         shown = [h for h, s in states.items() if s == "running"] + [h for h, s in states.items() if s == "failed"]
         room = max(3, stderr.size.height - 4)
@@ -119,7 +122,7 @@ class LiveProgress(Progress):
             table.add_row(host, f"[{style}]{escape(details.get(host, ''))}[/]")
         if len(shown) > room:
             table.add_row("…", f"{len(shown) - room} more")
-        return table
+        return Group(Text.from_markup(summary), table)
 
     def __enter__(self) -> LiveProgress:
         if self.live is not None:
