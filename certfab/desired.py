@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -83,6 +84,32 @@ def served_block(tree: nginxconf.NginxTree, domain: str, port: int) -> nginxconf
     return match.block if match is not None and match.by_name else None
 
 
+# nginx keeps server names in hash buckets of server_names_hash_bucket_size bytes (default: the CPU's
+# cache line, 64 on x86-64); a name longer than the bucket minus 18 bytes makes `nginx -t` fail.
+DEFAULT_NAMES_BUCKET = 64
+_NAMES_BUCKET = re.compile(r"^\s*server_names_hash_bucket_size\s+(\d+)\s*;", re.MULTILINE)
+
+
+def server_names_bucket(facts: HostFacts) -> int:
+    """The host's server_names_hash_bucket_size, from its nginx files (else the usual default)."""
+    assert facts.nginx is not None
+    sizes = [int(size) for f in facts.nginx.files.values() for size in _NAMES_BUCKET.findall(f.text)]
+    return sizes[-1] if sizes else DEFAULT_NAMES_BUCKET
+
+
+def _check_name_fits(name: str, site: Site, domain: str, facts: HostFacts) -> None:
+    """Refuse a name nginx cannot hash once two server blocks share a port (`nginx -t` would fail)."""
+    bucket = server_names_bucket(facts)
+    if len(domain) > bucket - 18:
+        size = 1 << (len(domain) + 18 - 1).bit_length()
+        assert facts.nginx is not None
+        raise PreflightError(
+            f"{name}: site {site.name}: {domain} has {len(domain)} characters, more than nginx's "
+            f"server_names_hash_bucket_size {bucket} holds ({bucket - 18}); add "
+            f"`server_names_hash_bucket_size {size};` to the http block of {facts.nginx.conf_path}"
+        )
+
+
 def preflight(host: Host, facts: HostFacts) -> list[str]:
     """Refuse a host that bootstrap cannot handle safely; returns warnings for what is merely odd."""
     name = host.name
@@ -107,6 +134,7 @@ def preflight(host: Host, facts: HostFacts) -> list[str]:
     owner: dict[tuple[str, int], str] = {}
     for site in host.sites:
         for domain in site.domains:
+            _check_name_fits(name, site, domain, facts)
             https = served_block(tree, domain, 443)
             if https is not None and not https.has_include(site_include_path(site.name)):
                 raise PreflightError(
