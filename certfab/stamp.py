@@ -55,6 +55,8 @@ WATCHED = (
     CRON_FILE,
 )
 _HASH = re.compile(r"^[0-9a-f]{32}$")
+# md5 of no input: what a find without -printf (busybox) would leave; it proves nothing.
+_EMPTY_MD5 = "d41d8cd98f00b204e9800998ecf8427e"
 _PACKAGE_DIR = Path(__file__).resolve().parent
 _TEMPLATES_DIR = _PACKAGE_DIR.parent / "templates"
 
@@ -131,7 +133,8 @@ if [ ! -e {JOURNAL_DIR} ] && [ ! -e {JOURNAL_DIR}.staging ] && [ -f {STAMP_FILE}
         esac
     done < {STAMP_FILE}
 fi
-if [ "$stamp_version" = {shlex.quote(STAMP_VERSION)} ] && [ -n "$stamp_state" ] && [ "$stamp_key" = {key} ] \\
+if [ "$stamp_version" = {shlex.quote(STAMP_VERSION)} ] && [ -n "$stamp_state" ] \\
+        && [ "$stamp_state" != {_EMPTY_MD5} ] && [ "$stamp_key" = {key} ] \\
         && [ "$stamp_recheck" -gt {int(now.timestamp())} ] 2>/dev/null; then
     now_state=$(state_hash "$@")
     if [ "${{now_state%% *}}" = "$stamp_state" ]; then
@@ -180,7 +183,7 @@ def parse_probe(host: str, output: str) -> Unchanged | Observed:
     count = int(fields[2])
     lines = rest.split("\n")
     watch, remainder = tuple(lines[:count]), "\n".join(lines[count:])
-    state = fields[1] if _HASH.match(fields[1]) else ""
+    state = fields[1] if _HASH.match(fields[1]) and fields[1] != _EMPTY_MD5 else ""
     return Observed(parse_facts(host, remainder), state, watch)
 
 

@@ -186,7 +186,8 @@ def test_probe_answer_with_facts_gives_the_state_and_watched_paths() -> None:
     assert list(observed.facts.lineages) == ["shop"]
 
 
-@pytest.mark.parametrize("first_line", ["certfab-state  0", "certfab-state nothex 0", "garbage"])
+@pytest.mark.parametrize("first_line", ["certfab-state  0", "certfab-state nothex 0", "garbage",
+                                        "certfab-state d41d8cd98f00b204e9800998ecf8427e 0"])
 def test_probe_answer_without_a_usable_state_is_never_stamped(first_line: str) -> None:
     observed = parse_probe("alpha", first_line + "\n" + facts_with_certs({}))
     assert isinstance(observed, Observed) and observed.state == ""
