@@ -161,14 +161,14 @@ def _problems(info: LabInfo) -> list[str]:
 def running(repo_dir: Path | str | None = None, *, allow_stopped_hosts: bool = False) -> LabInfo | None:
     """The running lab if it is healthy and its files are in <repo_dir>/lab, else None.
 
-    With allow_stopped_hosts, a host stopped on purpose (by a test) does not count as a problem.
+    With allow_stopped_hosts, a host stopped or being reset on purpose (by a test) does not count.
     """
     info = _state_info()
     if info is None or info.repo_dir != _repo(repo_dir):
         return None
     problems = _problems(info)
     if allow_stopped_hosts:
-        problems = [p for p in problems if not p.endswith(" is stopped")]
+        problems = [p for p in problems if not p.endswith((" is stopped", " does not accept SSH"))]
     return None if problems else info
 
 
