@@ -47,6 +47,7 @@ class BootstrapResult:
     certificates: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     diffs: list[str] = field(default_factory=list)
+    requests: list[str] = field(default_factory=list)
     planned: bool = False
 
     @property
@@ -226,9 +227,9 @@ def bootstrap_host(session: HostSession, *, check: bool, acme_ca_pem: str | None
             writes = list(final.values())
             result.diffs = file_diffs(writes, before)
             result.changes = _describe(writes, before)
-            for site in orders:
-                result.changes.append(f"would request a certificate for {site.name} "
-                                      f"({', '.join(site.domains)}): {decisions[site.name].reason}")
+            result.requests = [f"would request a certificate for {site.name} ({', '.join(site.domains)}): "
+                               f"{decisions[site.name].reason}" for site in orders]
+            result.changes += result.requests
             result.certificates = {n: ("keep" if not d.needs_order else "order") for n, d in decisions.items()}
             return result
 
@@ -240,7 +241,9 @@ def bootstrap_host(session: HostSession, *, check: bool, acme_ca_pem: str | None
         run.take_lock()
         expected = expected_fingerprints(facts, {})
         if writes_a:
-            run.switch(writes_a, sorted(ready), expected, "installing ACME plumbing")
+            # With certificates already on disk this one transaction also carries the HTTPS configuration.
+            what = "applying ACME plumbing and HTTPS configuration" if ready else "installing ACME plumbing"
+            run.switch(writes_a, sorted(ready), expected, what)
             result.changes += _describe(writes_a, before)
         if not orders:
             if key is not None:
@@ -271,7 +274,13 @@ def bootstrap_host(session: HostSession, *, check: bool, acme_ca_pem: str | None
         desired_b = desired_state(host, session.inventory, facts_a, https_sites=https_now, acme_ca_pem=acme_ca_pem)
         writes_b = changed_writes(desired_b, facts_a)
         if writes_b:
-            run.switch(writes_b, sorted(https_now), expected_fingerprints(facts, issued.issued), "switching to HTTPS")
+            try:
+                run.switch(writes_b, sorted(https_now), expected_fingerprints(facts, issued.issued),
+                           "switching to HTTPS")
+            except ApplyError as exc:
+                # Only the switch was undone: say what an operator will still find on the host.
+                kept = " and the ACME plumbing" if writes_a else ""
+                raise ApplyError(f"{exc}; the new certificates{kept} stay in place for the next run") from None
             result.changes += _describe(writes_b, before)
         if issued.certbot_failures:
             raise ApplyError(f"{host.name}: certbot failed for " + "; ".join(issued.certbot_failures))

@@ -254,6 +254,9 @@ def desired_state(
             path, block, kind = edit
             if kind == "acme":
                 texts[path] = nginxconf.add_include(texts[path], block, ACME_INCLUDE)
+            elif kind == "redirect-names":
+                names = _redirect_source_names(tree, block, site) or ()
+                texts[path] = nginxconf.set_redirect_names(texts[path], block, names)
             else:
                 texts[path] = nginxconf.convert_to_https(
                     texts[path], block, https_include=site_include_path(site.name),
@@ -279,7 +282,24 @@ def _next_edit(
             return block.file, block, "acme"
         if https and not block.is_certfab_redirect:
             return block.file, block, "https"
+    for block in tree.server_blocks:
+        if block.is_certfab_redirect and block.redirect_site == site.name:
+            names = _redirect_source_names(tree, block, site)
+            if names and names != block.server_names:
+                return block.file, block, "redirect-names"
     return None
+
+
+def _redirect_source_names(
+    tree: nginxconf.NginxTree, redirect: nginxconf.ServerBlock, site: Site
+) -> tuple[str, ...] | None:
+    """The server names of the HTTPS block a certfab redirect block was split from (it comes right before)."""
+    include = site_include_path(site.name)
+    sources = [
+        b for b in tree.server_blocks
+        if b.file == redirect.file and b.line < redirect.line and not b.is_certfab_redirect and b.has_include(include)
+    ]
+    return max(sources, key=lambda b: b.line).server_names if sources else None
 
 
 def changed_writes(desired: Desired, facts: HostFacts) -> list[FileWrite]:

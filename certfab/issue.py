@@ -54,6 +54,18 @@ fetch() {
         python3 -c 'import sys,urllib.request;print(urllib.request.urlopen(sys.argv[1],timeout=10).read().decode(),end="")' "$1" 2>&1 | tail -n 1
     else echo "no curl, wget or python3 on the host"; fi
 }
+# nginx applies a reload asynchronously (old workers answer for a moment, longer on big configurations):
+# a wrong answer is retried, within one shared budget of about 5 s so that real failures stay quick.
+retries=10
+probe_until() {
+    while :; do
+        got=$(fetch "$1" | head -c 300 | tr -cd '\40-\176')
+        [ "$got" = "$2" ] && return 0
+        [ "$retries" -gt 0 ] || return 1
+        retries=$((retries - 1))
+        sleep 0.5 2>/dev/null || sleep 1
+    done
+}
 """
 
 
@@ -84,9 +96,8 @@ def issue_script(run_id: str, host: Host, inventory: Inventory, orders: list[tup
         for domain in site.domains:
             url = f"http://{domain}/.well-known/acme-challenge/certfab-selftest-"
             lines.append(
-                f"got=$(fetch {shlex.quote(url)}\"$token\" | head -c 300 | tr -cd '\\40-\\176')\n"
-                f"if [ \"$got\" != \"$token\" ]; then echo \"SELFTEST-FAILED {domain} ${{got:-empty answer}}\"; "
-                "failed=1; fi"
+                f"if ! probe_until {shlex.quote(url)}\"$token\" \"$token\"; then "
+                f"echo \"SELFTEST-FAILED {domain} ${{got:-empty answer}}\"; failed=1; fi"
             )
     lines.append("rm -f \"$probe\"")
     lines.append(f"[ \"$failed\" = 0 ] || exit {EXIT_SELFTEST_FAILED}")

@@ -64,6 +64,7 @@ __all__ = [
     "match_host",
     "parse_tree",
     "redirect_marker",
+    "set_redirect_names",
 ]
 
 
@@ -1334,3 +1335,30 @@ def convert_to_https(
         ]
         edits.append(_insert_after(text, st.close.end, body, _leading_ws(text, st.close) or outer))
     return _verify(_apply(text, edits), block.file)
+
+
+def set_redirect_names(text: str, block: ServerBlock, names: Sequence[str]) -> str:
+    """Make certfab's redirect block `block` name exactly `names`; unchanged if it already does.
+
+    The redirect block must follow the names of the HTTPS block it was split from, or a name the
+    operator added there later would reach another port-80 block (no ACME location, no redirect).
+    Raises NginxConfError when `block` is not a certfab redirect block or it is not where it was.
+    """
+    if not block.is_certfab_redirect:
+        raise NginxConfError(f"{block.where}: not a certfab redirect block")
+    if list(block.server_names) == list(names):
+        return text
+    _, st = _locate(text, block)
+    assert st.term is not None
+    found = [c for c in st.children or [] if c.directive == "server_name" and not c.is_comment]
+    value = " ".join(_quote(n) for n in names)
+    if len(found) > 1:
+        raise NginxConfError(f"{block.where}: the certfab redirect block has {len(found)} server_name lines")
+    if found and found[0].args:
+        args = found[0].args
+        return _verify(_apply(text, [_Edit(args[0].start, args[-1].end, value)]), block.file)
+    if found:
+        return _verify(_apply(text, [_Edit(found[0].name.end, found[0].name.end, " " + value)]), block.file)
+    _, inner = _indents(text, st)
+    line = f"{inner}server_name {value};"
+    return _verify(_apply(text, [_insert_after(text, st.term.end, [line], inner)]), block.file)

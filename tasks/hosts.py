@@ -127,10 +127,12 @@ def _bootstrap_fleet(c: Context, hosts: tuple[Host, ...], inv: Inventory, *, che
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
     else:
         if check:
+            # Raw text: a console would expand tabs and fold long lines, and the diffs would not apply.
             for outcome in outcomes:
                 if outcome.value is not None:
-                    for diff in outcome.value.diffs:
-                        stdout.print(diff, markup=False, highlight=False, end="")
+                    sys.stdout.write("".join(outcome.value.diffs))
+                    sys.stdout.writelines(f"{outcome.host}: {r}\n" for r in outcome.value.requests)
+            sys.stdout.flush()
         for outcome in outcomes:
             for warning in (outcome.value.warnings if outcome.value else []):
                 stderr.print(f"[yellow]warning:[/] {warning}", highlight=False)

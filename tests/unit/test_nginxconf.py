@@ -30,6 +30,7 @@ from certfab.nginxconf import (
     match_host,
     parse_tree,
     redirect_marker,
+    set_redirect_names,
 )
 
 TREES = pathlib.Path(__file__).parent / "nginx_trees"
@@ -865,3 +866,38 @@ class TestRealNginx:
         # shop keeps its own certificate settings; snip's listen lives in a snippet: both refused above
         result = nginx_t(files, ["dual", "tiny", "old", "plain", "secure"], tmp_path / "after")
         assert result.returncode == 0, result.stderr
+
+
+class TestSetRedirectNames:
+    """certfab's redirect block follows the names of the HTTPS block it was split from."""
+
+    TEXT = "server {\n\tlisten 80;\n\tserver_name a.example www.a.example;\n\troot /srv/a;\n}\n"
+
+    def converted(self) -> dict[str, str]:
+        return edit({MAIN: "events {}\nhttp {\n include site;\n}\n", "/etc/nginx/site": self.TEXT},
+                    "a.example", convert("a"))
+
+    def redirect(self, files: Mapping[str, str]) -> ServerBlock:
+        [found] = [b for b in parse_tree(files, MAIN).server_blocks if b.is_certfab_redirect]
+        return found
+
+    def test_added_name_changes_only_the_server_name_line(self) -> None:
+        files = self.converted()
+        text = files["/etc/nginx/site"].replace("www.a.example;", "www.a.example new.a.example;", 1)
+        names = ("a.example", "www.a.example", "new.a.example")
+        new = set_redirect_names(text, self.redirect({**files, "/etc/nginx/site": text}), names)
+        removed, added = diff(text, new)
+        assert removed == ["\tserver_name a.example www.a.example;\n"]
+        assert added == ["\tserver_name a.example www.a.example new.a.example;\n"]
+        assert self.redirect({**files, "/etc/nginx/site": new}).server_names == names
+
+    def test_same_names_leave_the_text_alone(self) -> None:
+        files = self.converted()
+        text = files["/etc/nginx/site"]
+        assert set_redirect_names(text, self.redirect(files), ("a.example", "www.a.example")) == text
+
+    def test_only_redirect_blocks_are_edited(self) -> None:
+        files = self.converted()
+        https = block(parse_tree(files, MAIN), "a.example", 443)
+        with pytest.raises(NginxConfError, match="not a certfab redirect block"):
+            set_redirect_names(files["/etc/nginx/site"], https, ("x.example",))
