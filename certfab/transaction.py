@@ -22,6 +22,8 @@ EXIT_NGINX_TEST_FAILED = 21
 EXIT_RELOAD_FAILED = 22
 EXIT_JOURNAL_OPEN = 23
 EXIT_NOT_LOCKED = 24
+EXIT_APPLY_BUSY = 25
+APPLY_LOCK = f"{STATE_DIR}/apply.lock"
 
 
 @dataclass(frozen=True)
@@ -93,12 +95,24 @@ def lock_check(run_id: str) -> str:
     )
 
 
+def apply_lock(wait_seconds: int = 300) -> str:
+    """Shell lines that hold the apply lock for the rest of the script.
+
+    A script whose SSH session was cut keeps running on the host (nothing tells it), after the host
+    lock has gone with the session: the next run's rollback must wait for it, not race it.
+    """
+    return (
+        f"exec 8>>{APPLY_LOCK} && flock -w {wait_seconds} 8 || "
+        f"{{ echo 'an earlier certfab transaction is still running on this host' >&2; exit {EXIT_APPLY_BUSY}; }}\n"
+    )
+
+
 def apply_script(run_id: str, writes: list[FileWrite], *, test_and_reload: bool = True) -> str:
     """A script that switches all files at once, tests nginx, reloads, and rolls back on failure.
 
     It leaves the journal open: the controller verifies from outside, then commits or rolls back.
     """
-    lines = [PREAMBLE, RELOAD_NGINX, RESTORE, lock_check(run_id)]
+    lines = [PREAMBLE, RELOAD_NGINX, RESTORE, lock_check(run_id), apply_lock()]
     lines.append(
         f"if [ -e {JOURNAL} ]; then echo 'an earlier transaction is still open' >&2; exit {EXIT_JOURNAL_OPEN}; fi"
     )
@@ -158,7 +172,7 @@ def apply_script(run_id: str, writes: list[FileWrite], *, test_and_reload: bool 
             "echo \"$out\" >&2; exit " + str(EXIT_NGINX_TEST_FAILED) + "; fi"
         )
         lines.append(
-            "if ! out=$(reload_nginx 2>&1); then restore_journal " + JOURNAL + "; reload_nginx >/dev/null 2>&1; "
+            "if ! out=$(reload_nginx 2>&1 8>&-); then restore_journal " + JOURNAL + "; reload_nginx >/dev/null 2>&1 8>&-; "
             "echo \"$out\" >&2; exit " + str(EXIT_RELOAD_FAILED) + "; fi"
         )
     lines.append("echo certfab-applied")
@@ -169,6 +183,7 @@ def commit_script(run_id: str) -> str:
     """Close the journal: drop the backups; the new files stay."""
     return (
         PREAMBLE
+        + apply_lock()
         + f"""
 if [ -d {JOURNAL} ]; then
     for entry in {JOURNAL}/*.path; do
@@ -184,7 +199,7 @@ echo certfab-committed
 
 def rollback_script(*, reload: bool = True) -> str:
     """Restore every file of an open journal byte for byte, then reload nginx on the old config."""
-    script = PREAMBLE + RELOAD_NGINX + RESTORE + f"""
+    script = PREAMBLE + apply_lock() + RELOAD_NGINX + RESTORE + f"""
 if [ -d {JOURNAL} ]; then
     restore_journal {JOURNAL}
     echo certfab-rolled-back
@@ -195,5 +210,5 @@ fi
 restore_journal {JOURNAL}.staging
 """
     if reload:
-        script += "if nginx -t >/dev/null 2>&1; then reload_nginx >/dev/null 2>&1 || true; fi\n"
+        script += "if nginx -t >/dev/null 2>&1; then reload_nginx >/dev/null 2>&1 8>&- || true; fi\n"
     return script

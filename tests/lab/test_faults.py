@@ -50,6 +50,13 @@ IMAGE = "certbot/certbot:v2.1.0"
 
 # Every CLI output of this module, checked at the end for private key material.
 OUTPUTS: list[str] = []
+# What each case observed, written to reports/faults-observed.json for docs/FAULTS.md.
+OBSERVED: dict[str, list[str]] = {}
+
+
+def observe(case: str, *what: object) -> None:
+    """Keep what a case observed (error lines, counts) for the fault matrix."""
+    OBSERVED.setdefault(case, []).extend(str(item) for item in what)
 
 
 # --- helpers ----------------------------------------------------------------------------------------
@@ -349,6 +356,9 @@ def hosts(lab: Lab, module_hosts: tuple[str, ...]) -> Iterator[tuple[str, str]]:
     """web11 and web12, pristine; put back in order (DNS, firewall, image) when the module ends."""
     assert module_hosts == (A, B)
     yield A, B
+    reports = lab.info.repo_dir / "reports"
+    reports.mkdir(exist_ok=True)
+    (reports / "faults-observed.json").write_text(json.dumps(OBSERVED, indent=2, ensure_ascii=False) + "\n")
     for name, domains in LAB_DOMAINS.items():
         for domain in domains:
             set_dns(domain, lab.info.host(name).address)
@@ -377,6 +387,9 @@ def test_rerun_after_success_makes_no_acme_order(lab: Lab, issued: str) -> None:
     assert row["status"] == "ok" and row["changes"] == [] and row["certificates"] == {A: "kept"}
     assert row["remote_commands"] == 1
     assert acme_validations(lab, A) == validations
+    observe("rerun", f"first run: {validations} Pebble validations for web11's names, {on_disk} certificate",
+            f"second run: status {row['status']}, {row['remote_commands']} remote command, "
+            f"{acme_validations(lab, A) - validations} new validations")
     assert issued_on_disk(lab, A) == on_disk
     assert snapshot(lab, A) == before
 
@@ -397,6 +410,8 @@ def test_private_keys_are_read_only_by_nginx_on_the_host(lab: Lab, issued: str) 
             result = cli(lab, *args)
             assert result.returncode in (0, 1), result.stdout + result.stderr
     assert watch.openers, "the watch saw nothing: nginx -t should have loaded the key"
+    observe("private-keys", f"{len(watch.openers)} opens of privkey.pem, all by: "
+            + ", ".join(sorted({" ".join(o.split()[:3]) for o in watch.openers})))
     assert all(opener.startswith("/usr/sbin/nginx ") for opener in watch.openers), watch.openers
     assert_no_key_material(lab, [A])
 
@@ -464,6 +479,10 @@ def test_renewal_with_broken_nginx_config_does_not_reload_and_says_so(lab: Lab, 
         row = json.loads(report.stdout)["rows"][0]
         assert row["status"] in ("renewal-failing", "mismatch"), row
         assert report.returncode == 2
+        observe("renewal-broken-nginx", f"renew-now exit {result.returncode}: " + " ".join(result.stdout.split()),
+                f"status.json: result {status['result']}, nginx_test {status['nginx_test']}, reload "
+                f"{status['reload']}", f"mail: {mail['Subject']}", f"report-expiry: {row['status']}, exit 2; "
+                f"notes: {row.get('notes')}", "served certificate unchanged, nginx workers unchanged")
     finally:
         sh(lab, A, f"rm -f {BROKEN_CONF}")
         make_due(lab, A, False)
@@ -497,6 +516,7 @@ def test_missing_certbot_image_fails_bootstrap_clearly(lab: Lab, hosts: tuple[st
         assert result.returncode == 1
         assert row["status"] == "failed"
         assert row["error"].startswith(f"{B}: certbot image {IMAGE} is missing and could not be pulled: ")
+        observe("image-missing-bootstrap", row["error"])
         assert acme_validations(lab, B) == validations
         assert nginx_test_ok(lab, B) and missing_certificates(lab, B) == []
         assert http_get(lab, B, "web12.test")[0] == 200
@@ -523,6 +543,8 @@ def test_missing_certbot_image_fails_renewal_with_mail_and_report(lab: Lab, issu
         report = cli(lab, "fab", "report-expiry", "--limit", A, "--json")
         row = json.loads(report.stdout)["rows"][0]
         assert row["status"] == "renewal-failing", row
+        observe("image-missing-renewal", f"renew-now: result failed, message {json.loads(result.stdout)[0]['message']!r}",
+                f"mail: {mail['Subject']}", f"report-expiry: {row['status']}, notes: {row.get('notes')}")
         assert report.returncode == 2
         assert served_sha256(lab, A, "web11.test") == served
     finally:
@@ -556,6 +578,7 @@ def test_nginx_t_failure_while_adding_acme_include_restores_every_file(lab: Lab,
     assert row["error"].startswith(f"{B}: nginx -t failed after installing ACME plumbing: ")
     assert 'duplicate location "/.well-known/acme-challenge/"' in row["error"]
     assert "[emerg]" in row["error"] and "every file was restored, nginx still runs the old configuration" in row["error"]
+    observe("nginx-t-acme", row["error"])
     assert snapshot(lab, B) == before
     assert leftovers(lab, B) == []
     assert nginx_workers(lab, B) == workers
@@ -584,6 +607,7 @@ def test_nginx_t_failure_while_switching_to_https_restores_every_file(lab: Lab, 
     validations = acme_validations(lab, B)
     result, row = bootstrap(lab, B)
     assert result.returncode == 1 and 'shared memory zone "MozSSL" conflicts' in row["error"]
+    observe("nginx-t-https", row["error"])
     assert snapshot(lab, B) == before
     assert nginx_workers(lab, B) == workers
     assert leftovers(lab, B) == [] and missing_certificates(lab, B) == []
@@ -610,6 +634,7 @@ def test_edit_that_cannot_work_is_refused_before_any_change_or_order(lab: Lab, h
     assert result.returncode == 1
     assert row["error"].startswith(f"{B}: /etc/nginx/sites-enabled/{B}:"), row["error"]
     assert "already sets ssl_session_timeout" in row["error"]
+    observe("refused-edit", row["error"])
     assert snapshot(lab, B) == before
     assert acme_validations(lab, B) == validations and issued_on_disk(lab, B) == 0
 
@@ -634,6 +659,7 @@ def test_ca_cannot_reach_port_80_clear_error_then_success(lab: Lab, hosts: tuple
         for domain in LAB_DOMAINS[A]:
             assert f"{domain} (connection): " in error
         assert "connection refused" in error and "\n" not in error
+        observe("ca-port-80", error)
         assert missing_certificates(lab, A) == [] and nginx_test_ok(lab, A)
         assert not port_open(lab, A, 443)
         assert leftovers(lab, A) == []
@@ -656,6 +682,7 @@ def test_dns_pointing_elsewhere_fails_the_self_test_without_an_order(lab: Lab, h
         error = row["error"]
         assert error.startswith(f"{B}: HTTP-01 self-test failed, no certificate was requested: www.web12.test: ")
         assert "web12.test: " not in error.replace("www.web12.test: ", "")  # the other name passed
+        observe("dns-elsewhere", error)
         assert acme_validations(lab, B) == validations
         assert missing_certificates(lab, B) == [] and nginx_test_ok(lab, B)
     finally:
@@ -673,12 +700,13 @@ def test_ssh_cut_mid_apply_is_rolled_back_by_the_next_run(lab: Lab, hosts: tuple
     """Injects: SIGKILL to web11's sshd session processes while the HTTPS switch is inside its transaction.
 
     `nginx -t` is held inside the open transaction (files switched, not yet tested) so the cut lands at a
-    known point. Expect: nginx keeps working throughout; the next run rolls back from the on-host journal,
-    then finishes the job without a new ACME order.
+    known point. The cut script keeps running on the host, and the next run starts while it still does.
+    Expect: nginx keeps serving throughout; the next run waits for the orphaned script, rolls back from
+    the on-host journal, then finishes the job without a new ACME order.
     """
     fresh(lab, A)
     cert = f"/etc/letsencrypt/live/{A}/cert.pem"
-    with SlowNginx(lab, A, seconds=4, condition=f"[ -e {cert} ]") as slow:
+    with SlowNginx(lab, A, seconds=10, condition=f"[ -e {cert} ]") as slow:
         slow.arm()
         run = subprocess.Popen(
             [str(VENV_BIN / "fab"), "-H", A, "bootstrap"], cwd=lab.info.repo_dir, text=True,
@@ -700,19 +728,22 @@ def test_ssh_cut_mid_apply_is_rolled_back_by_the_next_run(lab: Lab, hosts: tuple
                 run.communicate()
         OUTPUTS.append(output)
         assert run.returncode == 1, output
+        observe("ssh-cut", f"killed {len(daemons)} sshd session processes; the cut run printed: "
+                + " ".join(output.replace("│", " ").split()))
         assert f"{A}: connection lost during switching to HTTPS; its outcome on the host is unknown; the next run " \
                "rolls back the open transaction first" in " ".join(output.replace("│", " ").split()), output
         slow.disarm()
-        # The orphaned apply script finishes on its own (it is never told the session ended).
-        wait_for("the cut session's commands to end", lambda: not any(proc.is_alive(rec) for rec in commands),
-                 timeout=30, interval=0.1)
-    assert lab.host_path(A, "/var/lib/certfab/journal").is_dir(), "the transaction was not left open"
-    assert nginx_test_ok(lab, A)
-    assert http_get(lab, A, "web11.test")[0] in (200, 301)
-    validations = acme_validations(lab, A)
-    result, row = bootstrap(lab, A)
+        # The cut apply script is still on the host, held in nginx -t, with its transaction open.
+        assert slow.sleeping() and any(proc.is_alive(rec) for rec in commands)
+        assert lab.host_path(A, "/var/lib/certfab/journal").is_dir()
+        assert http_get(lab, A, "web11.test")[0] == 200  # the old configuration still serves
+        validations = acme_validations(lab, A)
+        result, row = bootstrap(lab, A)
+        assert not any(proc.is_alive(rec) for rec in commands)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "rolled back an unfinished earlier run" in row["changes"]
+    observe("ssh-cut", "the next run started while the cut script was still held in nginx -t; it waited for it",
+            f"next run: {row['status']}; changes: {row['changes']}")
     assert row["certificates"] == {A: "kept"}
     assert acme_validations(lab, A) == validations
     assert leftovers(lab, A) == [] and nginx_test_ok(lab, A)
@@ -749,6 +780,7 @@ def test_second_concurrent_run_is_refused_with_a_clear_message(lab: Lab, hosts: 
     assert re.fullmatch(rf"{B}: another certfab run \(certfab-\S+\) is working on this host; "
                         "try again when it has finished", row["error"]), row["error"]
     assert first.returncode == 0, first_out + first_err
+    observe("concurrent", row["error"], f"first run: exit {first.returncode}")
     assert json.loads(first_out)[0]["certificates"] == {B: "issued"}
     assert leftovers(lab, B) == [] and nginx_test_ok(lab, B)
 
@@ -774,6 +806,7 @@ def test_disk_full_during_apply_rolls_back_without_truncating(lab: Lab, hosts: t
         assert result.returncode == 1
         assert re.fullmatch(rf"{B}: installing ACME plumbing: cannot write /etc/nginx/\S+: no space left\? "
                             r"\S+ free on /etc/nginx; nothing was changed", row["error"]), row["error"]
+        observe("disk-full", row["error"])
         after = snapshot(lab, B)
         assert after == before
         assert leftovers(lab, B) == []
@@ -808,6 +841,7 @@ def test_one_host_down_during_deploy_all(lab: Lab, hosts: tuple[str, str], tmp_p
     assert rows[A]["error"] is None and rows[A]["status"] in ("ok", "changed")
     assert rows[B]["status"] == "failed"
     assert rows[B]["error"] == f"{B} (10.77.0.22:22): cannot connect: Connection refused"
+    observe("host-down", f"exit {result.returncode}; {A}: {rows[A]['status']}; {B}: {rows[B]['error']}")
 
 
 # --- unknown or changed host key ----------------------------------------------------------------------
@@ -843,6 +877,7 @@ def test_unknown_or_changed_host_key_is_refused_before_any_command(
     row = json.loads(result.stdout)[0]
     assert row["status"] == "failed" and row["remote_commands"] == 0
     text = row["error"]
+    observe(f"host-key-{case}", text)
     real = real_fingerprint(lab, A)
     if case == "unknown":
         assert f"unknown host key ssh-ed25519 {real}; nothing was run" in text, text
@@ -915,6 +950,7 @@ def test_hostile_inventory_value_is_refused_before_any_connection(
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"error: {inventory}: {field}: "), lines[0]
+    observe(f"hostile-{case}", lines[0].replace(str(inventory), "inventory.yaml"))
     if case == "markup-brackets":
         assert "web11[b].test" in lines[0]
     for host, offset in offsets.items():
