@@ -22,9 +22,9 @@ import struct
 import subprocess
 import threading
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,9 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from certfab.facts import facts_script, report_script
 from certfab.inventory import load_inventory
+from certfab.issue import issue_script
 from certfab.lab import Lab, layout, pebble, proc
+from certfab.stamp import probe_script
 
 A, B = "web11", "web12"
 LAB_DOMAINS = {A: ("web11.test", "www.web11.test"), B: ("web12.test", "www.web12.test")}
@@ -387,7 +389,8 @@ def test_rerun_after_success_makes_no_acme_order(lab: Lab, issued: str) -> None:
     assert row["status"] == "ok" and row["changes"] == [] and row["certificates"] == {A: "kept"}
     assert row["remote_commands"] == 1
     assert acme_validations(lab, A) == validations
-    observe("rerun", f"first run: {validations} Pebble validations for web11's names, {on_disk} certificate",
+    observe("rerun", f"after the first run: {validations} Pebble validations of web11's names so far, "
+            f"{on_disk} certificate",
             f"second run: status {row['status']}, {row['remote_commands']} remote command, "
             f"{acme_validations(lab, A) - validations} new validations")
     assert issued_on_disk(lab, A) == on_disk
@@ -489,7 +492,9 @@ def test_renewal_with_broken_nginx_config_does_not_reload_and_says_so(lab: Lab, 
     # Once the configuration is fixed, the next run reloads the certificate renewed earlier.
     result = cli(lab, "fab", "-H", A, "renew-now")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert served_sha256(lab, A, "web11.test") == disk_sha256(lab, A)
+    # nginx applies a reload asynchronously: new workers take over within a moment.
+    wait_for("nginx to serve the renewed certificate",
+             lambda: served_sha256(lab, A, "web11.test") == disk_sha256(lab, A), timeout=15, interval=0.2)
     status = json.loads(lab.host_path(A, "/var/lib/certfab/status.json").read_text())
     assert status["result"] == "renewed" and status["reload"] == "ok"
 
@@ -966,8 +971,17 @@ def test_no_private_key_material_in_any_output_report_or_mail(lab: Lab, hosts: t
     assert_no_key_material(lab, [A, B])
 
 
-def test_facts_and_report_scripts_name_only_public_files(lab: Lab) -> None:
-    """The one-command reads name cert.pem, never privkey.pem or the keys directory."""
+def test_scripts_sent_to_hosts_name_only_public_files(lab: Lab) -> None:
+    """Facts, stamp probe, expiry report and issue scripts read cert.pem, never privkey.pem or keys/."""
     inventory = load_inventory(lab.info.inventory)
-    for script in (facts_script(inventory.host(A)), report_script()):
-        assert "privkey" not in script and "/etc/letsencrypt/keys" not in script and "cert.pem" in script
+    host = inventory.host(A)
+    now = datetime.now(timezone.utc)
+    scripts = {
+        "facts": facts_script(host),
+        "probe": probe_script(host, key="0" * 64, now=now),
+        "report": report_script(),
+        "issue": issue_script("certfab-test", host, inventory, [(host.sites[0], False)], acme_ca=True),
+    }
+    for name, script in scripts.items():
+        assert "privkey" not in script and "/etc/letsencrypt/keys" not in script, name
+        assert "cert.pem" in script or name == "probe", name
