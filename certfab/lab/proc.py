@@ -93,7 +93,8 @@ def reap() -> None:
     """Collect the exit status of dead children we started."""
     for pid, child in list(_children.items()):
         if child.poll() is not None:
-            del _children[pid]
+            # Several threads may reap at once (hosts are reset in parallel).
+            _children.pop(pid, None)
 
 
 @dataclass(frozen=True)
