@@ -290,15 +290,21 @@ def user_name(value: object) -> str:
 _PATH_CHAR = re.compile(r"[A-Za-z0-9._/+@-]")
 
 
-def host_path(value: object) -> str:
-    """Check an absolute path on a managed host; it is used in nginx files and container mounts."""
-    text = _string(value, "an absolute path")
-    what = "is not a valid path on the host"
+def _charset_text(value: object, expected: str, what: str, allowed: re.Pattern[str]) -> str:
+    """A non-empty string made only of characters `allowed` matches, or Invalid naming the first bad one."""
+    text = _string(value, expected)
     if not text:
         raise Invalid(f"{what} (empty)")
-    bad = _first_bad_char(text, lambda ch: bool(_PATH_CHAR.fullmatch(ch)))
+    bad = _first_bad_char(text, lambda ch: bool(allowed.fullmatch(ch)))
     if bad is not None:
         raise Invalid(f"{what} ({_bare(bad)})")
+    return text
+
+
+def host_path(value: object) -> str:
+    """Check an absolute path on a managed host; it is used in nginx files and container mounts."""
+    what = "is not a valid path on the host"
+    text = _charset_text(value, "an absolute path", what, _PATH_CHAR)
     if not text.startswith("/"):
         raise Invalid(f"{what} (must be absolute, starting with '/')")
     if ".." in text:
@@ -373,13 +379,8 @@ _IMAGE_CHAR = re.compile(r"[A-Za-z0-9._/:@-]")
 
 def image_ref(value: object) -> str:
     """Check a pinned container image reference: name:tag, name@sha256:..., or both; never `latest`."""
-    text = _string(value, "an image reference")
     what = "is not a valid image reference"
-    if not text:
-        raise Invalid(f"{what} (empty)")
-    bad = _first_bad_char(text, lambda ch: bool(_IMAGE_CHAR.fullmatch(ch)))
-    if bad is not None:
-        raise Invalid(f"{what} ({_bare(bad)})")
+    text = _charset_text(value, "an image reference", what, _IMAGE_CHAR)
     rest, _, digest = text.partition("@")
     if "@" in text and not _IMAGE_DIGEST.fullmatch(digest):
         raise Invalid(f"{what} (digest must be sha256: and 64 lower-case hex digits)")
