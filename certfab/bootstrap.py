@@ -214,16 +214,15 @@ def bootstrap_host(session: HostSession, *, check: bool, acme_ca_pem: str | None
             writes_a = changed_writes(desired_a, facts)
             facts_a = updated_facts_files(facts, writes_a)
             # Every edit up to full HTTPS must be possible before a file is written or a certificate ordered.
-            desired_state(host, session.inventory, facts_a, https_sites=all_sites, acme_ca_pem=acme_ca_pem)
+            desired_full = desired_state(host, session.inventory, facts_a, https_sites=all_sites,
+                                         acme_ca_pem=acme_ca_pem)
         except NginxConfError as exc:
             raise PreflightError(f"{host.name}: {exc}") from None
 
         if check:
             result.planned = True
-            desired_b = desired_state(host, session.inventory, facts_a, https_sites=all_sites,
-                                      acme_ca_pem=acme_ca_pem)
             final = {w.path: w for w in writes_a}
-            final.update({w.path: w for w in changed_writes(desired_b, facts_a)})
+            final.update({w.path: w for w in changed_writes(desired_full, facts_a)})
             writes = list(final.values())
             result.diffs = file_diffs(writes, before)
             result.changes = _describe(writes, before)
