@@ -286,5 +286,9 @@ def bootstrap_host(session: HostSession, *, check: bool, acme_ca_pem: str | None
         if key is not None:
             stamp_if_converged(session.remote, session.inventory, key=key, acme_ca_pem=acme_ca_pem, now=run.now)
         return result
+    except CertfabError as exc:
+        # The recap still lists what was committed before the failure.
+        exc.partial = result
+        raise
     finally:
         run.release()

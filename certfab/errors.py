@@ -7,6 +7,8 @@ class CertfabError(Exception):
     """Base of every error certfab reports to the user without a traceback."""
 
     exit_code = 1
+    # What a pipeline had already done when it failed, for the recap (set by the pipeline).
+    partial: object | None = None
 
 
 class InventoryError(CertfabError):

@@ -110,6 +110,7 @@ def run_on_host(
     except CertfabError as exc:
         outcome.error = one_line(str(exc))
         outcome.exit_code = exc.exit_code
+        outcome.value = exc.partial  # type: ignore[assignment]
     except (paramiko.SSHException, OSError, EOFError) as exc:
         outcome.error = one_line(f"{host.name}: connection lost: {str(exc) or type(exc).__name__}")
     except Exception as exc:  # noqa: BLE001 - one host's bug must not stop the others

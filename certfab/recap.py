@@ -54,7 +54,8 @@ def recap_table(rows: list[dict[str, Any]], title: str) -> Table:
     for row in rows:
         certs = ", ".join(f"{k} {v}" for k, v in sorted(row["certificates"].items())) or "-"
         if row["error"]:
-            details = row["error"]
+            done = [c for c in row["changes"] if not c.startswith("would ")]
+            details = row["error"] + (f" (done before the failure: {'; '.join(done)})" if done else "")
         elif row["changes"]:
             details = "; ".join(row["changes"][:4]) + (f" (+{len(row['changes']) - 4} more)" if len(row["changes"]) > 4 else "")
         else:
