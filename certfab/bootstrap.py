@@ -103,6 +103,7 @@ class HostRun:
         self.now = now
         self.run_id = new_run_id()
         self.lock: HostLock | None = None
+        self.journal_open = False
         self.result = BootstrapResult(session.host.name)
 
     def take_lock(self) -> None:
@@ -125,14 +126,24 @@ class HostRun:
         return gather(self.remote)
 
     def apply(self, writes: list[FileWrite], what: str) -> None:
-        """Switch files as one transaction on the host; the journal stays open until commit()."""
+        """Switch files as one transaction on the host; the journal stays open until commit().
+
+        While this run's journal is still open (ACME plumbing awaiting its HTTPS switch), the files
+        join it, so a failure restores everything to what it was before the run.
+        """
         self.session.step(what)
+        extend = self.journal_open
         try:
-            result = self.remote.run(apply_script(self.run_id, writes), what=what)
+            result = self.remote.run(apply_script(self.run_id, writes, extend=extend), what=what)
         except ConnectError as exc:
             raise ConnectError(f"{exc}; the next run rolls back the open transaction first") from None
         if result.ok and "certfab-applied" in result.stdout:
+            self.journal_open = True
             return
+        if extend:
+            # The earlier transaction of this run is still open: undo it too, whatever failed.
+            self.remote.check(rollback_script(), what="rolling back")
+            self.journal_open = False
         detail = " ".join((result.stderr.strip() or result.stdout.strip()).split())[:400] or "no output"
         if result.exited == EXIT_NGINX_TEST_FAILED:
             raise ApplyError(f"{self.host.name}: nginx -t failed after {what}: {detail}; "
@@ -144,11 +155,14 @@ class HostRun:
         raise ApplyError(f"{self.host.name}: {what} failed (exit {result.exited}): {detail}")
 
     def commit(self) -> None:
-        self.remote.check(commit_script(self.run_id), what="committing")
+        if self.journal_open:
+            self.remote.check(commit_script(self.run_id), what="committing")
+            self.journal_open = False
 
     def rollback(self, reason: str) -> None:
         self.session.step("rolling back")
         self.remote.check(rollback_script(), what="rolling back")
+        self.journal_open = False
         raise ApplyError(f"{self.host.name}: {reason}; every file was restored and nginx reloaded on the old config")
 
     def verify(self, sites: list[str], expected: dict[str, str]) -> list[str]:
@@ -165,13 +179,15 @@ class HostRun:
                 )
         return problems
 
-    def switch(self, writes: list[FileWrite], https_sites: list[str], expected: dict[str, str], what: str) -> None:
-        """Apply, verify the HTTPS sites touched, then commit or roll back."""
+    def switch(self, writes: list[FileWrite], https_sites: list[str], expected: dict[str, str], what: str,
+               *, commit: bool = True) -> None:
+        """Apply, verify the HTTPS sites touched, then commit (or leave open) or roll back."""
         self.apply(writes, what)
         problems = self.verify(https_sites, expected) if https_sites else []
         if problems:
             self.rollback("verification failed: " + "; ".join(problems[:3]))
-        self.commit()
+        if commit:
+            self.commit()
 
 
 def expected_fingerprints(facts: HostFacts, issued: dict[str, str]) -> dict[str, str]:
@@ -239,11 +255,15 @@ def bootstrap_host(session: HostSession, *, check: bool, acme_ca_pem: str | None
             return result
         run.take_lock()
         expected = expected_fingerprints(facts, {})
+        plumbing: list[str] = []
         if writes_a:
             # With certificates already on disk this one transaction also carries the HTTPS configuration.
             what = "applying ACME plumbing and HTTPS configuration" if ready else "installing ACME plumbing"
-            run.switch(writes_a, sorted(ready), expected, what)
-            result.changes += _describe(writes_a, before)
+            # With certificates to order, the plumbing stays in this run's open journal until the
+            # HTTPS switch has verified, so a failed switch restores every file of the run.
+            run.switch(writes_a, sorted(ready), expected, what, commit=not orders)
+            plumbing = _describe(writes_a, before)
+            result.changes += plumbing
         if not orders:
             if key is not None:
                 stamp_if_converged(session.remote, session.inventory, key=key, acme_ca_pem=acme_ca_pem, now=run.now)
@@ -256,6 +276,9 @@ def bootstrap_host(session: HostSession, *, check: bool, acme_ca_pem: str | None
             what="requesting certificates",
         )
         issued = parse_issue_output(issue_run.stdout)
+        if not issued.issued:
+            # Nothing to switch to HTTPS: keep the ACME plumbing, so the challenge path can be examined.
+            run.commit()
         if issued.image_missing is not None:
             raise ApplyError(f"{host.name}: certbot image {host.certbot.image} is missing and could not be "
                              f"pulled: {issued.image_missing}")
@@ -277,10 +300,11 @@ def bootstrap_host(session: HostSession, *, check: bool, acme_ca_pem: str | None
                 run.switch(writes_b, sorted(https_now), expected_fingerprints(facts, issued.issued),
                            "switching to HTTPS")
             except ApplyError as exc:
-                # Only the switch was undone: say what an operator will still find on the host.
-                kept = " and the ACME plumbing" if writes_a else ""
-                raise ApplyError(f"{exc}; the new certificates{kept} stay in place for the next run") from None
+                # Files are back as they were before this run; the certificates are kept for the next.
+                result.changes = [c for c in result.changes if c not in plumbing]
+                raise ApplyError(f"{exc}; the new certificates stay in place for the next run") from None
             result.changes += _describe(writes_b, before)
+        run.commit()
         if issued.certbot_failures:
             raise ApplyError(f"{host.name}: certbot failed for " + "; ".join(issued.certbot_failures))
         if key is not None:

@@ -107,17 +107,28 @@ def apply_lock(wait_seconds: int = 300) -> str:
     )
 
 
-def apply_script(run_id: str, writes: list[FileWrite], *, test_and_reload: bool = True) -> str:
+def apply_script(run_id: str, writes: list[FileWrite], *, test_and_reload: bool = True,
+                 extend: bool = False) -> str:
     """A script that switches all files at once, tests nginx, reloads, and rolls back on failure.
 
     It leaves the journal open: the controller verifies from outside, then commits or rolls back.
+    With `extend`, the files join this run's open journal instead, so that one rollback returns
+    every file to what it was before the run's first transaction.
     """
     lines = [PREAMBLE, RELOAD_NGINX, RESTORE, lock_check(run_id), apply_lock()]
-    lines.append(
-        f"if [ -e {JOURNAL} ]; then echo 'an earlier transaction is still open' >&2; exit {EXIT_JOURNAL_OPEN}; fi"
-    )
+    if extend:
+        lines.append(
+            f"if [ \"$(cat {JOURNAL}/run 2>/dev/null)\" != {shlex.quote(run_id)} ]; then "
+            f"echo 'the transaction to extend is not open' >&2; exit {EXIT_JOURNAL_OPEN}; fi"
+        )
+    else:
+        lines.append(
+            f"if [ -e {JOURNAL} ]; then echo 'an earlier transaction is still open' >&2; exit {EXIT_JOURNAL_OPEN}; fi"
+        )
     stage = f"{JOURNAL}.staging"
+    tag = "x" if extend else ""
     lines.append(f"rm -rf {stage}; mkdir -p {stage}; : > {stage}/dirs")
+    lines.append(f"printf '%s\\n' {shlex.quote(run_id)} > {stage}/run")
     lines.append(
         f"fail_stage() {{ echo \"cannot write $1: $2\" >&2; restore_journal {stage}; exit {EXIT_STAGE_FAILED}; }}"
     )
@@ -128,16 +139,19 @@ def apply_script(run_id: str, writes: list[FileWrite], *, test_and_reload: bool 
         backup = shlex.quote(_hidden(write.path, "backup"))
         directory = shlex.quote(posixpath.dirname(write.path))
         payload = base64.b64encode(write.content.encode("utf-8", errors="surrogateescape")).decode()
-        n = f"{stage}/{index:04d}"
+        n = f"{stage}/{tag}{index:04d}"
         lines.append(
             f"if [ ! -d {directory} ]; then "
             f"for d in $(p={directory}; while [ ! -d \"$p\" ]; do echo \"$p\"; p=$(dirname \"$p\"); done); "
             f"do echo \"$d\" >> {stage}/dirs; done; "
             f"mkdir -p {directory} || fail_stage {directory} 'cannot create directory'; fi"
         )
-        # Markers first: an entry is only acted on once its .path exists.
+        # Markers first: an entry is only acted on once its .path exists. A file already in the
+        # journal keeps its first backup (the state before the run); this entry only stages it.
+        already = (f"grep -qxF -- {target} {JOURNAL}/*.path 2>/dev/null" if extend else "false")
         lines.append(
-            f"rm -f {temp} {backup}; if [ -e {target} ]; then : > {n}.existed; else : > {n}.absent; fi && "
+            f"rm -f {temp}; if {already}; then : > {n}.journaled; "
+            f"else rm -f {backup}; if [ -e {target} ]; then : > {n}.existed; else : > {n}.absent; fi; fi && "
             f"printf '%s\\n' {backup} > {n}.backup && printf '%s\\n' {temp} > {n}.temp && "
             f"printf '%s\\n' {target} > {n}.path || fail_stage {target} 'cannot write the journal'"
         )
@@ -155,20 +169,31 @@ def apply_script(run_id: str, writes: list[FileWrite], *, test_and_reload: bool 
             lines.append(f"chmod {write.mode} {temp} && chown root:root {temp} || fail_stage {target} 'cannot set mode'")
     lines.append("sync")
     # 2. Journal: from here on, a crash is rolled back by the next run.
-    lines.append(f"mv {stage} {JOURNAL} || fail_stage {JOURNAL} 'cannot open the journal'")
+    if extend:
+        lines.append(
+            f"cat {stage}/dirs >> {JOURNAL}/dirs && rm -f {stage}/dirs {stage}/run && "
+            f"mv -- {stage}/* {JOURNAL}/ && rmdir {stage} "
+            f"|| fail_stage {JOURNAL} 'cannot extend the journal'"
+        )
+    else:
+        lines.append(f"mv {stage} {JOURNAL} || fail_stage {JOURNAL} 'cannot open the journal'")
     # 3. Switch: hard-link each original aside, rename the new file over it.
-    for write in writes:
+    for index, write in enumerate(writes):
         target = shlex.quote(write.path)
         temp = shlex.quote(_hidden(write.path, "new"))
         backup = shlex.quote(_hidden(write.path, "backup"))
+        journaled = f"{JOURNAL}/{tag}{index:04d}.journaled"
         lines.append(
-            f"if [ -e {target} ]; then ln -f {target} {backup} || {{ restore_journal {JOURNAL}; "
-            f"echo 'cannot back up {write.path}' >&2; exit {EXIT_STAGE_FAILED}; }}; fi"
+            f"if [ ! -e {journaled} ] && [ -e {target} ]; then ln -f {target} {backup} || "
+            f"{{ restore_journal {JOURNAL}; echo 'cannot back up {write.path}' >&2; exit {EXIT_STAGE_FAILED}; }}; fi"
         )
         lines.append(f"mv -f {temp} {target}")
+    # An extended journal also undoes files an earlier transaction of the run switched and reloaded.
+    reload_restored = (" if nginx -t >/dev/null 2>&1; then reload_nginx >/dev/null 2>&1 8>&-; fi;"
+                       if extend else "")
     if test_and_reload:
         lines.append(
-            "if ! out=$(nginx -t 2>&1); then restore_journal " + JOURNAL + "; "
+            "if ! out=$(nginx -t 2>&1); then restore_journal " + JOURNAL + ";" + reload_restored + " "
             "echo \"$out\" >&2; exit " + str(EXIT_NGINX_TEST_FAILED) + "; fi"
         )
         lines.append(

@@ -557,8 +557,6 @@ def test_config_that_breaks_after_the_switch_is_rolled_back(lab: Lab, web4_tree:
     inventory = copy_inventory(lab, tmp_path, web4_sites())
     pages = fetch_pages(address, WEB4_DOMAINS + SHOP_DOMAINS)
     pristine = snapshot(lab, WEB4, ("/etc/nginx",))
-    pristine_text = {p: host_text(lab, WEB4, p) for p in ("/etc/nginx/sites-available/web4",
-                                                           "/etc/nginx/sites-available/shop")}
 
     def fails_with_nginx_message() -> str:
         result = certfab_cli(lab, "fab", "-H", WEB4, "bootstrap", "--json", inventory=inventory)
@@ -572,23 +570,22 @@ def test_config_that_breaks_after_the_switch_is_rolled_back(lab: Lab, web4_tree:
         assert "restored" in error, error
         return str(error)
 
-    # First run: the certificates are issued, then the switch to HTTPS fails nginx -t and is undone;
-    # only the ACME plumbing (committed before the order, it is what the CA validated) stays.
-    assert "the new certificates and the ACME plumbing stay in place" in fails_with_nginx_message()
+    # First run: the certificates are issued, then the switch to HTTPS fails nginx -t. The ACME
+    # plumbing waited in the same open journal, so every file is back as it was before the run.
+    assert "the new certificates stay in place" in fails_with_nginx_message()
     first = snapshot(lab, WEB4, ("/etc/nginx",))
-    changes = tree_changes(pristine, first)
-    assert set(changes) == {*pristine_text, "/etc/nginx/certfab", "/etc/nginx/certfab/acme-challenge.conf"}
-    for path, old in pristine_text.items():
-        removed, added = edits_outside_redirect(old, host_text(lab, WEB4, path))
-        assert removed == [] and [a.strip() for a in added] == [
-            "include /etc/nginx/certfab/acme-challenge.conf;  # managed by certfab"]
+    assert tree_changes(pristine, first) == {}
+    assert lab.host_exec(WEB4, "find /etc/nginx -name '.certfab-*'").stdout == ""
+    assert lab.host_exec(WEB4, "ls -A /etc/certfab").stdout == ""
+    leftovers = "ls -d /var/lib/certfab/journal /usr/local/sbin/certfab-renew /etc/cron.d/certfab 2>/dev/null"
+    assert lab.host_exec(WEB4, leftovers, check=False).stdout == ""
     assert lab.host_path(WEB4, "/etc/letsencrypt/live/web4/cert.pem").is_file()
 
-    # Second run: the certificates exist, so the switch is the only change: one transaction that
-    # fails and leaves every byte of /etc/nginx as it was, without any hidden leftovers.
+    # Second run: the certificates exist, so all changes are one transaction that fails and leaves
+    # every byte of /etc/nginx as it was, without any hidden leftovers and without an ACME order.
     validations = pebble_validations(lab, WEB4_DOMAINS + SHOP_DOMAINS)
     assert "stay in place" not in fails_with_nginx_message()
-    assert tree_changes(first, snapshot(lab, WEB4, ("/etc/nginx",))) == {}
+    assert tree_changes(pristine, snapshot(lab, WEB4, ("/etc/nginx",))) == {}
     assert lab.host_exec(WEB4, "find /etc/nginx -name '.certfab-*'").stdout == ""
     assert pebble_validations(lab, WEB4_DOMAINS + SHOP_DOMAINS) == validations
 

@@ -601,11 +601,15 @@ def test_nginx_t_failure_while_switching_to_https_restores_every_file(lab: Lab, 
     fresh(lab, B)
     zone = "/etc/nginx/conf.d/zz-certfab-faults-cache.conf"
     sh(lab, B, f"printf 'ssl_session_cache shared:MozSSL:1m;\\n' > {zone} && nginx -t 2>/dev/null")
+    pristine = snapshot(lab, B)
     result, row = bootstrap(lab, B)
     assert result.returncode == 1
     assert row["error"].startswith(f"{B}: nginx -t failed after switching to HTTPS: "), row["error"]
     assert 'shared memory zone "MozSSL" conflicts' in row["error"]
     assert "every file was restored, nginx still runs the old configuration" in row["error"]
+    assert "the new certificates stay in place" in row["error"]
+    # The ACME plumbing of the same run was in the same journal: every file is as before the run.
+    assert snapshot(lab, B) == pristine
     assert issued_on_disk(lab, B) == 1
     # The certificate is kept; a second run tries the switch again in its first transaction.
     before, workers = snapshot(lab, B), nginx_workers(lab, B)
