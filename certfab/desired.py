@@ -10,17 +10,20 @@ from datetime import datetime
 from certfab import nginxconf, renewal, tls
 from certfab.certs import parse_pem
 from certfab.errors import PreflightError
-from certfab.facts import CRON_FILE, HOST_CONFIG_DIR, NGINX_CERTFAB_DIR, RENEW_SCRIPT, ConfigFile, HostFacts
+from certfab.facts import ConfigFile, HostFacts
 from certfab.inventory import Host, Inventory, Site
+from certfab.paths import (
+    ACME_CA,
+    ACME_INCLUDE,
+    CRON_FILE,
+    DHPARAM,
+    MANAGED_SITE_DIR,
+    RENEW_ENV,
+    RENEW_SCRIPT,
+    TLS_OPTIONS,
+)
 from certfab.tls import managed_site_path, site_include_path
 from certfab.transaction import FileWrite
-
-ACME_INCLUDE = f"{NGINX_CERTFAB_DIR}/acme-challenge.conf"
-TLS_OPTIONS = f"{NGINX_CERTFAB_DIR}/tls-options.conf"
-DHPARAM = f"{NGINX_CERTFAB_DIR}/ffdhe2048.pem"
-ACME_CA = f"{HOST_CONFIG_DIR}/acme-ca.pem"
-RENEW_ENV = f"{HOST_CONFIG_DIR}/renew.env"
-MANAGED_SITE_DIR = "/etc/nginx/conf.d"
 
 # Bootstrap renews early when less than this fraction of a certificate's lifetime is left.
 RENEW_FRACTION = 1 / 3

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from certfab.certs import CertificateError, parse_pem
-from certfab.facts import CRON_FILE, RENEW_SCRIPT, HostFacts, gather_for_report
+from certfab.facts import HostFacts, gather_for_report
 from certfab.fleet import HostOutcome, HostSession
 from certfab.inventory import Host
+from certfab.paths import CRON_FILE, RENEW_SCRIPT
 from certfab.report import CertRecord
 from certfab.tlsprobe import fetch_served
 

@@ -10,14 +10,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from certfab.inventory import Host
+from certfab.paths import CRON_FILE, HOST_CONFIG_DIR, NGINX_CERTFAB_DIR, RENEW_SCRIPT, STATE_DIR, STATUS_FILE
 from certfab.remote import Remote
 
 MARK = "@@certfab"
-STATE_DIR = "/var/lib/certfab"
-NGINX_CERTFAB_DIR = "/etc/nginx/certfab"
-RENEW_SCRIPT = "/usr/local/sbin/certfab-renew"
-CRON_FILE = "/etc/cron.d/certfab"
-HOST_CONFIG_DIR = "/etc/certfab"
 
 # Files certfab owns outside nginx's own tree; their content is read back so plans can diff them.
 OWNED_GLOBS = (
@@ -26,6 +22,13 @@ OWNED_GLOBS = (
     RENEW_SCRIPT,
     CRON_FILE,
     f"{HOST_CONFIG_DIR}/*",
+)
+
+# Certificates: public halves only (cert.pem and the lineage's renewal config, never privkey.pem).
+CERTS_SECTION = (
+    "S certs; for d in /etc/letsencrypt/live/*/; do [ -f \"${d}cert.pem\" ] || continue; "
+    "n=${d%/}; n=${n##*/}; S cert \"$n\"; base64 -w0 \"${d}cert.pem\"; echo; "
+    "S renewal-conf \"$n\"; cat \"/etc/letsencrypt/renewal/$n.conf\" 2>/dev/null; done"
 )
 
 _SECTION = re.compile(rf"^{MARK} ([a-z0-9-]+)(?: (.*))?@@$", re.MULTILINE)
@@ -53,15 +56,12 @@ def facts_script(host: Host, *, nginx: bool = True) -> str:
         # An open journal (or a staging area) means an earlier run was cut off mid-apply.
         f"S journal; for j in {STATE_DIR}/journal {STATE_DIR}/journal.staging; do "
         "[ -d \"$j\" ] && echo \"open $j\"; done; true",
-        f"S status; cat {STATE_DIR}/status.json 2>/dev/null",
+        f"S status; cat {STATUS_FILE} 2>/dev/null",
         f"S runtime; if command -v {runtime} >/dev/null 2>&1; then echo present; "
         f"{runtime} version --format '{{{{.Server.Version}}}}' 2>&1 | head -n 3; echo \"exit=$?\"; "
         f"S image; {runtime} image inspect --format '{{{{.Id}}}}' {image} 2>/dev/null || echo missing; "
         "else echo missing; fi",
-        # Certificates: public halves only.
-        "S certs; for d in /etc/letsencrypt/live/*/; do [ -f \"${d}cert.pem\" ] || continue; "
-        "n=${d%/}; n=${n##*/}; S cert \"$n\"; base64 -w0 \"${d}cert.pem\"; echo; "
-        "S renewal-conf \"$n\"; cat \"/etc/letsencrypt/renewal/$n.conf\" 2>/dev/null; done",
+        CERTS_SECTION,
         "S crontab; crontab -l -u root 2>/dev/null; true",
         "S cron-d; ls -1 /etc/cron.d 2>/dev/null",
         "S competing; [ -e /etc/cron.d/certbot ] && echo /etc/cron.d/certbot; "
@@ -263,10 +263,8 @@ def report_script() -> str:
             f"S() {{ printf '\\n{MARK} %s@@\\n' \"$*\"; }}",
             # Builtins instead of forks where they print the same: this runs on every host of the fleet.
             "S hostname; { read -r h < /proc/sys/kernel/hostname && printf '%s\\n' \"$h\"; } 2>/dev/null || hostname",
-            f"S status; cat {STATE_DIR}/status.json 2>/dev/null",
-            "S certs; for d in /etc/letsencrypt/live/*/; do [ -f \"${d}cert.pem\" ] || continue; "
-            "n=${d%/}; n=${n##*/}; S cert \"$n\"; base64 -w0 \"${d}cert.pem\"; echo; "
-            "S renewal-conf \"$n\"; cat \"/etc/letsencrypt/renewal/$n.conf\" 2>/dev/null; done",
+            f"S status; cat {STATUS_FILE} 2>/dev/null",
+            CERTS_SECTION,
             f"S owned-file {CRON_FILE}; [ -f {CRON_FILE} ] && base64 -w0 {CRON_FILE}; echo",
             "S crontab; crontab -l -u root 2>/dev/null; true",
         ]

@@ -13,7 +13,7 @@ import time
 import paramiko
 
 from certfab.errors import ConnectError, LockedError
-from certfab.facts import STATE_DIR
+from certfab.paths import STATE_DIR
 from certfab.remote import Remote
 
 LOCK_FILE = f"{STATE_DIR}/lock"

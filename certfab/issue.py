@@ -7,8 +7,8 @@ import re
 import shlex
 from dataclasses import dataclass
 
-from certfab.desired import ACME_CA
 from certfab.inventory import Host, Inventory, Site
+from certfab.paths import ACME_CA
 from certfab.transaction import PREAMBLE, lock_check
 
 EXIT_SELFTEST_FAILED = 30

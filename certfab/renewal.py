@@ -5,20 +5,21 @@ from __future__ import annotations
 import hashlib
 from typing import Protocol
 
+from certfab import paths
 from certfab.errors import InventoryError
 from certfab.templating import render
 
-RENEW_SCRIPT_PATH = "/usr/local/sbin/certfab-renew"
+RENEW_SCRIPT_PATH = paths.RENEW_SCRIPT
 RENEW_SCRIPT_MODE = 0o700
-RENEW_ENV_PATH = "/etc/certfab/renew.env"
+RENEW_ENV_PATH = paths.RENEW_ENV
 RENEW_ENV_MODE = 0o600
-CRON_PATH = "/etc/cron.d/certfab"
+CRON_PATH = paths.CRON_FILE
 CRON_MODE = 0o644
-STATE_DIR = "/var/lib/certfab"
-STATUS_PATH = f"{STATE_DIR}/status.json"
+STATE_DIR = paths.STATE_DIR
+STATUS_PATH = paths.STATUS_FILE
 LOCK_PATH = f"{STATE_DIR}/renew.lock"
 HOOK_DIR = f"{STATE_DIR}/hook"
-ACME_CA_PATH = "/etc/certfab/acme-ca.pem"
+ACME_CA_PATH = paths.ACME_CA
 
 # First words of every file certfab renders here, so a scan can tell certfab's files from others.
 MARKER = "# certfab-managed"

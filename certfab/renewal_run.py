@@ -6,10 +6,8 @@ import json
 from typing import Any
 
 from certfab.errors import RemoteError
-from certfab.facts import RENEW_SCRIPT, STATE_DIR
+from certfab.paths import RENEW_SCRIPT, STATUS_FILE
 from certfab.remote import Remote
-
-STATUS_FILE = f"{STATE_DIR}/status.json"
 
 
 def run_renewal(remote: Remote) -> dict[str, Any]:

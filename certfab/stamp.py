@@ -24,21 +24,13 @@ from pathlib import Path
 from certfab.certs import parse_pem
 from certfab.desired import RENEW_FRACTION, changed_writes, decide_certificate, desired_state, preflight
 from certfab.errors import CertfabError
-from certfab.facts import (
-    CRON_FILE,
-    HOST_CONFIG_DIR,
-    RENEW_SCRIPT,
-    STATE_DIR,
-    HostFacts,
-    facts_script,
-    parse_facts,
-)
+from certfab.facts import HostFacts, facts_script, parse_facts
 from certfab.inventory import Host, Inventory
+from certfab.paths import CRON_FILE, HOST_CONFIG_DIR, JOURNAL, RENEW_SCRIPT, STATE_DIR
 from certfab.remote import Remote
 
 STAMP_FILE = f"{STATE_DIR}/stamp"
 STAMP_VERSION = "certfab-stamp 1"
-JOURNAL_DIR = f"{STATE_DIR}/journal"
 # A full read at least this often, whatever the stamp says.
 MAX_TRUST = timedelta(days=7)
 
@@ -122,7 +114,7 @@ def probe_script(host: Host, *, key: str | None, now: datetime) -> str:
     if key is not None:
         lines.append(
             f"""stamp_key=; stamp_state=; stamp_recheck=0; stamp_version=
-if [ ! -e {JOURNAL_DIR} ] && [ ! -e {JOURNAL_DIR}.staging ] && [ -f {STAMP_FILE} ]; then
+if [ ! -e {JOURNAL} ] && [ ! -e {JOURNAL}.staging ] && [ -f {STAMP_FILE} ]; then
     while IFS= read -r line; do
         case $line in
             "certfab-stamp "*) stamp_version=$line ;;

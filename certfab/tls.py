@@ -12,6 +12,7 @@ from typing import Literal
 
 from cryptography.hazmat.primitives.asymmetric import dh
 
+from certfab import paths
 from certfab.errors import InventoryError, PreflightError
 from certfab.templating import render
 
@@ -21,12 +22,12 @@ Phase = Literal["http", "https"]
 
 PROFILES = ("modern", "intermediate", "old")
 
-CERTFAB_NGINX_DIR = "/etc/nginx/certfab"
-TLS_OPTIONS_PATH = f"{CERTFAB_NGINX_DIR}/tls-options.conf"
-ACME_INCLUDE_PATH = f"{CERTFAB_NGINX_DIR}/acme-challenge.conf"
-DHPARAM_PATH = f"{CERTFAB_NGINX_DIR}/ffdhe2048.pem"
-LETSENCRYPT_LIVE = "/etc/letsencrypt/live"
-DEFAULT_WEBROOT = "/var/www/letsencrypt"
+CERTFAB_NGINX_DIR = paths.NGINX_CERTFAB_DIR
+TLS_OPTIONS_PATH = paths.TLS_OPTIONS
+ACME_INCLUDE_PATH = paths.ACME_INCLUDE
+DHPARAM_PATH = paths.DHPARAM
+LETSENCRYPT_LIVE = paths.LETSENCRYPT_LIVE
+DEFAULT_WEBROOT = paths.DEFAULT_WEBROOT
 
 
 def site_include_path(site_name: str) -> str:

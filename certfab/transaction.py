@@ -13,9 +13,7 @@ import posixpath
 import shlex
 from dataclasses import dataclass
 
-from certfab.facts import STATE_DIR
-
-JOURNAL = f"{STATE_DIR}/journal"
+from certfab.paths import JOURNAL, STATE_DIR
 
 EXIT_STAGE_FAILED = 20
 EXIT_NGINX_TEST_FAILED = 21

@@ -13,7 +13,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from certfab.desired import (
-    ACME_INCLUDE,
     changed_writes,
     decide_certificate,
     desired_state,
@@ -23,6 +22,7 @@ from certfab.desired import (
 from certfab.errors import PreflightError
 from certfab.facts import ConfigFile, HostFacts, Lineage, NginxFacts
 from certfab.inventory import Inventory, parse_inventory
+from certfab.paths import ACME_INCLUDE
 from certfab.tls import managed_site_path, site_include_path
 
 TREE = Path(__file__).parent / "nginx_trees" / "debian"

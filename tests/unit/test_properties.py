@@ -35,11 +35,12 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from certfab import tls, validate
-from certfab.desired import RENEW_ENV, changed_writes, desired_state, preflight, updated_facts_files
+from certfab.desired import changed_writes, desired_state, preflight, updated_facts_files
 from certfab.errors import InventoryError, PreflightError
 from certfab.facts import ConfigFile, HostFacts, NginxFacts
 from certfab.inventory import Inventory, parse_inventory
 from certfab.issue import parse_issue_output
+from certfab.paths import RENEW_ENV
 
 NGINX = "/usr/sbin/nginx"
 HAS_NGINX = os.path.exists(NGINX) and os.geteuid() == 0

@@ -1,0 +1,23 @@
+"""Where certfab keeps things on a managed host: the one definition every module imports."""
+
+from __future__ import annotations
+
+STATE_DIR = "/var/lib/certfab"
+HOST_CONFIG_DIR = "/etc/certfab"
+NGINX_CERTFAB_DIR = "/etc/nginx/certfab"
+
+ACME_INCLUDE = f"{NGINX_CERTFAB_DIR}/acme-challenge.conf"
+TLS_OPTIONS = f"{NGINX_CERTFAB_DIR}/tls-options.conf"
+DHPARAM = f"{NGINX_CERTFAB_DIR}/ffdhe2048.pem"
+MANAGED_SITE_DIR = "/etc/nginx/conf.d"
+
+ACME_CA = f"{HOST_CONFIG_DIR}/acme-ca.pem"
+RENEW_ENV = f"{HOST_CONFIG_DIR}/renew.env"
+RENEW_SCRIPT = "/usr/local/sbin/certfab-renew"
+CRON_FILE = "/etc/cron.d/certfab"
+
+JOURNAL = f"{STATE_DIR}/journal"
+STATUS_FILE = f"{STATE_DIR}/status.json"
+
+LETSENCRYPT_LIVE = "/etc/letsencrypt/live"
+DEFAULT_WEBROOT = "/var/www/letsencrypt"
