@@ -73,7 +73,8 @@ class Desired:
 
 def host_tls(facts: HostFacts) -> tls.HostTls:
     assert facts.nginx is not None
-    return tls.HostTls(nginx_version=facts.nginx.version, openssl_version=facts.nginx.openssl_version)
+    return tls.HostTls(nginx_version=facts.nginx.version, openssl_version=facts.nginx.openssl_version,
+                       tls_library=facts.nginx.tls_library)
 
 
 def _tree(texts: Mapping[str, str], facts: HostFacts) -> nginxconf.NginxTree:

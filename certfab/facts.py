@@ -9,6 +9,8 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
+from certfab import tls
+from certfab.errors import PreflightError
 from certfab.inventory import Host
 from certfab.paths import CRON_FILE, HOST_CONFIG_DIR, NGINX_CERTFAB_DIR, RENEW_SCRIPT, STATE_DIR, STATUS_FILE
 from certfab.remote import Remote
@@ -104,6 +106,7 @@ class NginxFacts:
     test_ok: bool
     test_output: str
     files: dict[str, ConfigFile]
+    tls_library: str = "OpenSSL"
 
 
 @dataclass(frozen=True)
@@ -150,23 +153,15 @@ def _sections(output: str) -> list[tuple[str, str, str]]:
     return result
 
 
-def _version(text: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
-
-
 def parse_nginx_v(text: str) -> tuple[str, str, bool, str, str]:
     """Version, OpenSSL text, SNI support, conf path and prefix from `nginx -V` output."""
     version = re.search(r"nginx version: nginx/([\d.]+)", text)
-    # The library nginx runs with decides what TLS can do; the one it was built with may be older or newer.
-    openssl = re.search(r"running with (OpenSSL|LibreSSL|BoringSSL) ([\w.]+)", text) or re.search(
-        r"built with (OpenSSL|LibreSSL|BoringSSL) ([\w.]+)", text
-    )
     conf_path = re.search(r"--conf-path=(\S+)", text)
     prefix = re.search(r"--prefix=(\S+)", text)
     conf = conf_path.group(1) if conf_path else "/etc/nginx/nginx.conf"
     return (
         version.group(1) if version else "",
-        f"{openssl.group(1)} {openssl.group(2)}" if openssl else "",
+        tls.describe_tls_library(text),
         "TLS SNI support enabled" in text,
         conf,
         prefix.group(1) if prefix else conf.rsplit("/", 1)[0],
@@ -201,11 +196,17 @@ def parse_facts(host: str, output: str) -> HostFacts:
     if "nginx version" in v_text:
         version, openssl, sni, conf, prefix = parse_nginx_v(v_text)
         test = single.get("nginx-t", "")
+        try:
+            # The library nginx runs with decides what TLS can do; the one it was built with may differ.
+            capabilities: tls.HostTls | None = tls.parse_nginx_v(v_text)
+        except PreflightError:
+            capabilities = None
         nginx = NginxFacts(
-            version=_version(version),
+            version=capabilities.nginx_version if capabilities else (),
             version_text=version,
-            openssl_version=_version(openssl.split(" ", 1)[-1]) if openssl else (),
+            openssl_version=capabilities.openssl_version if capabilities else (),
             openssl_text=openssl,
+            tls_library=capabilities.tls_library if capabilities else "",
             sni=sni,
             conf_path=conf,
             prefix=prefix,

@@ -134,13 +134,24 @@ _NGINX_VERSION_RE = re.compile(r"nginx version:\s*\S+?/(\d[0-9A-Za-z.]*)")
 _TLS_LIB_RE = re.compile(r"(built|running) with (OpenSSL|LibreSSL|BoringSSL)\s*(\d[0-9A-Za-z.]*)?")
 
 
+def _tls_library(output: str) -> tuple[str, str | None] | None:
+    """(name, version) of the TLS library in `nginx -V` output: the one nginx runs with wins."""
+    libs = {m.group(1): (m.group(2), m.group(3)) for m in _TLS_LIB_RE.finditer(output)}
+    return libs.get("running") or libs.get("built")
+
+
+def describe_tls_library(output: str) -> str:
+    """The TLS library of `nginx -V` output as people read it ("OpenSSL 3.0.19"), or ""."""
+    lib = _tls_library(output)
+    return " ".join(part for part in lib if part) if lib else ""
+
+
 def parse_nginx_v(output: str) -> HostTls:
     """Parse `nginx -V` output (stderr) into HostTls; the library nginx runs with wins over the built one."""
     version = _NGINX_VERSION_RE.search(output)
     if version is None:
         raise PreflightError("`nginx -V` printed no version: is nginx installed and on root's PATH?")
-    libs = {m.group(1): (m.group(2), m.group(3)) for m in _TLS_LIB_RE.finditer(output)}
-    lib = libs.get("running") or libs.get("built")
+    lib = _tls_library(output)
     if lib is None:
         raise PreflightError(
             "nginx was built without a TLS library (no 'built with OpenSSL' in `nginx -V`): "
