@@ -172,6 +172,15 @@ def _b64(text: str) -> str:
     return base64.b64decode(text.strip() or b"").decode("utf-8", errors="surrogateescape")
 
 
+def parse_status(text: str) -> dict[str, Any] | None:
+    """The renewal script's status.json; an unreadable file is a status of its own."""
+    try:
+        loaded = json.loads(text)
+    except ValueError:
+        return {"result": "unreadable", "message": "status.json is not valid JSON"}
+    return loaded if isinstance(loaded, dict) else None
+
+
 def parse_facts(host: str, output: str) -> HostFacts:
     """Turn the facts script's output into HostFacts."""
     single: dict[str, str] = {}
@@ -216,13 +225,7 @@ def parse_facts(host: str, output: str) -> HostFacts:
         )
     runtime = single.get("runtime", "missing")
     image = single.get("image", "missing").strip()
-    status: dict[str, Any] | None = None
-    if single.get("status", "").strip():
-        try:
-            loaded = json.loads(single["status"])
-            status = loaded if isinstance(loaded, dict) else None
-        except ValueError:
-            status = {"result": "unreadable", "message": "status.json is not valid JSON"}
+    status = parse_status(single["status"]) if single.get("status", "").strip() else None
     os_release = dict(
         line.split("=", 1) for line in single.get("os", "").splitlines() if "=" in line
     )

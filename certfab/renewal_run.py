@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from certfab.errors import RemoteError
+from certfab.facts import parse_status
 from certfab.paths import RENEW_SCRIPT, STATUS_FILE
 from certfab.remote import Remote
 
@@ -30,12 +30,7 @@ def run_renewal(remote: Remote) -> dict[str, Any]:
     stale = body.startswith("@@stale\n") or body == "@@stale"
     if stale:
         return _not_run(code)
-    status: dict[str, Any] = {}
-    try:
-        loaded = json.loads(body) if body.strip() else {}
-        status = loaded if isinstance(loaded, dict) else {}
-    except ValueError:
-        status = {"result": "unreadable", "message": "status.json is not valid JSON"}
+    status = (parse_status(body) if body.strip() else None) or {}
     status["exit"] = code
     return status
 
