@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import shlex
 from functools import lru_cache
 from pathlib import Path
@@ -76,6 +77,24 @@ def _shell_quote(value: object) -> Trusted:
     return Trusted(shlex.quote(text))
 
 
+def _to_bytes(value: object) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if value is None or isinstance(value, bool):
+        raise UnsafeValueError(f"refusing to encode {value!r}: a template value is missing")
+    return str(value).encode("utf-8", errors="surrogateescape")
+
+
+def _base64_filter(value: object) -> Trusted:
+    """Jinja filter `b64`: a value as one base64 word (only [A-Za-z0-9+/=], safe anywhere)."""
+    return Trusted(base64.b64encode(_to_bytes(value)).decode("ascii"))
+
+
+def _base64_lines_filter(value: object) -> Trusted:
+    """Jinja filter `b64lines`: base64 in 76-column lines, for a here-document of any size."""
+    return Trusted(base64.encodebytes(_to_bytes(value)).decode("ascii"))
+
+
 def _trusted_filter(value: object) -> Trusted:
     """Jinja filter `trusted`: render a value verbatim (only for text built by certfab itself)."""
     return Trusted(str(value))
@@ -100,6 +119,8 @@ def environment() -> jinja2.Environment:
     )
     env.filters["shq"] = _shell_quote
     env.filters["trusted"] = _trusted_filter
+    env.filters["b64"] = _base64_filter
+    env.filters["b64lines"] = _base64_lines_filter
     return env
 
 

@@ -14,7 +14,7 @@ from certfab import lab as labkit
 
 REPO_DIR = Path(__file__).resolve().parents[2]
 LAB_TESTS = Path(__file__).resolve().parent
-MIN_HOSTS = 16
+MIN_HOSTS = 18
 VENV_BIN = Path(sys.executable).parent
 
 # Each test module works on its own hosts, so modules never disturb one another.
