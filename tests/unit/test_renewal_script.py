@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import email
+import fcntl
 import json
 import os
 import shlex
@@ -164,22 +166,37 @@ class TestRenewScriptText:
 # --- the script, run for real against stub commands -------------------------------------------------
 
 STUBS = {
-    # Records its arguments one per line, simulates certbot: runs the deploy hook (with /certfab-hook
-    # mapped to the host directory) for each name in FAKE_RENEW, prints output, exits FAKE_CERTBOT_EXIT.
+    # Records its arguments one per line, simulates certbot: for each name in FAKE_RENEW (or, with
+    # FAKE_RENEW_ALL, each lineage under the mounted /etc/letsencrypt/live) changes the lineage's
+    # cert.pem when there is one and runs the deploy hook (with /certfab-hook mapped to the host
+    # directory), prints output, exits FAKE_CERTBOT_EXIT.
     "docker": r"""#!/bin/sh
 printf '%s\n' "$@" > "$FAKE_CALLS/docker.args"
-hookdir=""; hook=""; prev=""
+hookdir=""; hook=""; prev=""; le=""
 for a in "$@"; do
     if [ "$prev" = "-v" ]; then
-        case "$a" in *:/certfab-hook) hookdir=${a%:/certfab-hook} ;; esac
+        case "$a" in
+            *:/certfab-hook) hookdir=${a%:/certfab-hook} ;;
+            *:/etc/letsencrypt) le=${a%:/etc/letsencrypt} ;;
+        esac
     fi
     if [ "$prev" = "--deploy-hook" ]; then hook=$a; fi
     prev=$a
 done
 if [ -n "${FAKE_SLEEP:-}" ]; then sleep "$FAKE_SLEEP"; fi
+renew() {
+    if [ -e "$le/live/$1/cert.pem" ]; then printf 'renewed at %s\n' "$(date +%s%N)" >> "$le/live/$1/cert.pem"; fi
+    RENEWED_LINEAGE="/etc/letsencrypt/live/$1" sh -c "$(printf '%s' "$hook" | sed "s#/certfab-hook#$hookdir#g")"
+}
 for name in ${FAKE_RENEW:-}; do
-    RENEWED_LINEAGE=/etc/letsencrypt/live/$name sh -c "$(printf '%s' "$hook" | sed "s#/certfab-hook#$hookdir#g")"
+    renew "$name"
 done
+if [ -n "${FAKE_RENEW_ALL:-}" ]; then
+    for dir in "$le"/live/*/; do
+        name=${dir%/}
+        renew "${name##*/}"
+    done
+fi
 printf '%s\n' "${FAKE_CERTBOT_OUTPUT:-Saving debug log to /var/log/letsencrypt/letsencrypt.log}"
 exit "${FAKE_CERTBOT_EXIT:-0}"
 """,
@@ -217,6 +234,7 @@ class Sandbox:
     calls: Path
     state: Path
     tmp: Path
+    letsencrypt: Path
     env: dict[str, str]
 
     def run(self, timeout: float = 60, **fake: str) -> subprocess.CompletedProcess[str]:
@@ -244,10 +262,21 @@ class Sandbox:
     def docker_args(self) -> list[str]:
         return (self.calls / "docker.args").read_text().splitlines()
 
-    def assert_clean(self) -> None:
+    def assert_clean(self, *expected: str) -> None:
         assert list(self.tmp.iterdir()) == [], "temporary files left behind"
         leftovers = {p.name for p in self.state.iterdir()} - {"status.json", "renew.lock", "hook"}
-        assert leftovers == set()
+        assert leftovers == set(expected)
+
+    def add_lineage(self, name: str) -> Path:
+        """A lineage under the sandbox's /etc/letsencrypt/live with a cert.pem to renew."""
+        lineage = self.letsencrypt / "live" / name
+        lineage.mkdir(parents=True)
+        (lineage / "cert.pem").write_text(f"certificate of {name!r}\n")
+        return lineage
+
+    def break_hook(self) -> None:
+        """Make the deploy hook's marker unwritable: a directory where the hook appends to a file."""
+        (self.state / "hook" / "renewed").mkdir(parents=True)
 
 
 @pytest.fixture
@@ -261,8 +290,8 @@ def sandbox(tmp_path: Path) -> Sandbox:
         stub = bin_dir / name
         stub.write_text(body)
         stub.chmod(0o755)
-    calls, state, tmp = tmp_path / "calls", tmp_path / "state", tmp_path / "tmp"
-    for d in (calls, tmp):
+    calls, state, tmp, letsencrypt = tmp_path / "calls", tmp_path / "state", tmp_path / "tmp", tmp_path / "le"
+    for d in (calls, tmp, letsencrypt):
         d.mkdir()
     ca = tmp_path / "acme-ca.pem"
     ca.write_text("not really a CA\n")
@@ -280,9 +309,10 @@ def sandbox(tmp_path: Path) -> Sandbox:
         "CERTFAB_ENV_FILE": str(env_file),
         "CERTFAB_SYSTEMD_DIR": str(tmp_path / "no-systemd"),
         "CERTFAB_SENDMAIL": str(bin_dir / "sendmail"),
+        "CERTFAB_LETSENCRYPT_DIR": str(letsencrypt),
         "FAKE_CALLS": str(calls),
     }
-    return Sandbox(tmp_path, script, calls, state, tmp, env)
+    return Sandbox(tmp_path, script, calls, state, tmp, letsencrypt, env)
 
 
 class TestRenewScriptRun:
@@ -315,7 +345,7 @@ class TestRenewScriptRun:
         mounts = [args[i + 1] for i, a in enumerate(args) if a == "-v"]
         ca = str(sandbox.root / "acme-ca.pem")
         assert mounts == [
-            "/etc/letsencrypt:/etc/letsencrypt",
+            f"{sandbox.letsencrypt}:/etc/letsencrypt",
             "/var/lib/letsencrypt:/var/lib/letsencrypt",
             "/var/log/letsencrypt:/var/log/letsencrypt",
             "/var/www/letsencrypt:/var/www/letsencrypt",
@@ -374,7 +404,8 @@ class TestRenewScriptRun:
         assert 'unexpected "}"' in str(status["message"])
         # The renewal stays pending so the next run tests and reloads again (and alerts again).
         assert (sandbox.state / "hook" / "renewed").read_text().strip() == "/etc/letsencrypt/live/shop"
-        sandbox.assert_clean()
+        assert (sandbox.state / "pending").read_text() == "shop\n"
+        sandbox.assert_clean("pending")
 
     def test_certbot_fails(self, sandbox: Sandbox) -> None:
         output = 'Failed to renew certificate shop with error: "urn:ietf:params:acme:error:connection"\x1b[0m\x07'
@@ -452,7 +483,14 @@ class TestRenewScriptRun:
             assert time.monotonic() - started < 3
             assert second.returncode == 0
             assert not (sandbox.calls / "docker.args").exists()  # second run never ran certbot
-            assert "another renewal is running" in sandbox.log("logger")
+            busy = sandbox.status()
+            assert busy["result"] == "busy"
+            assert busy["holder"] == {"pid": first.pid, "since": busy["holder"]["since"]}  # type: ignore[index]
+            assert str(busy["holder"]["since"]).endswith("Z")  # type: ignore[index]
+            assert busy["renewed"] == [] and busy["certbot_exit"] == -1
+            assert f"another renewal run holds the lock (certfab-renew pid {first.pid} since " in str(busy["message"])
+            assert "busy: another renewal run holds the lock" in sandbox.log("logger")
+            assert sandbox.mails() == []
         finally:
             first.wait(timeout=30)
         assert first.returncode == 0
@@ -460,6 +498,192 @@ class TestRenewScriptRun:
 
     def test_script_is_private_to_root(self, sandbox: Sandbox) -> None:
         assert stat.S_IMODE(os.stat(sandbox.script).st_mode) == 0o700
+
+
+class TestRenewalTheHookMissed:
+    """Lineages whose certificate changed during certbot count as renewed, recorded by the hook or not."""
+
+    def test_broken_hook_renewal_is_still_tested_reloaded_mailed_and_recorded(self, sandbox: Sandbox) -> None:
+        sandbox.add_lineage("shop")
+        sandbox.add_lineage("blog")
+        sandbox.break_hook()
+        result = sandbox.run(FAKE_RENEW="shop")
+        assert result.returncode == 0, result.stderr
+        assert sandbox.log("nginx").splitlines() == ["-t", "-s reload"]
+        status = sandbox.status()
+        assert status["result"] == "renewed"
+        assert status["renewed"] == ["shop"]  # blog did not change
+        assert status["hook_missed"] == ["shop"]
+        assert status["nginx_test"] == "ok" and status["reload"] == "ok"
+        assert "not recorded by the deploy hook: shop" in str(status["message"])
+        [mail] = sandbox.mails()
+        assert "Subject: [certfab] web1: renewal OK" in mail
+        assert "Renewed certificates: shop\n" in mail
+        assert "Not recorded by the deploy hook (found by comparing certificates): shop" in mail
+        assert "deploy hook did not record it: shop" in sandbox.log("logger")
+        sandbox.assert_clean()
+
+    def test_without_the_comparison_the_run_would_be_silent(self, sandbox: Sandbox) -> None:
+        # Same broken hook, but certbot changes nothing: no renewal is invented.
+        sandbox.add_lineage("shop")
+        sandbox.break_hook()
+        result = sandbox.run()
+        assert result.returncode == 0, result.stderr
+        assert sandbox.status()["result"] == "nothing-due"
+        assert sandbox.log("nginx") == "" and sandbox.mails() == []
+
+    def test_hook_and_comparison_are_merged_without_duplicates(self, sandbox: Sandbox) -> None:
+        sandbox.add_lineage("shop")
+        result = sandbox.run(FAKE_RENEW="shop blog")  # blog has no cert.pem here: only the hook saw it
+        assert result.returncode == 0, result.stderr
+        status = sandbox.status()
+        assert status["renewed"] == ["blog", "shop"]
+        assert status["hook_missed"] == []
+        [mail] = sandbox.mails()
+        assert "Renewed certificates: blog, shop\n" in mail
+        assert "Not recorded by the deploy hook" not in mail
+        assert sandbox.log("nginx").splitlines() == ["-t", "-s reload"]
+
+    def test_a_symlink_moved_to_a_new_archive_file_is_a_renewal(self, sandbox: Sandbox) -> None:
+        archive = sandbox.letsencrypt / "archive" / "shop"
+        archive.mkdir(parents=True)
+        (archive / "cert1.pem").write_text("same bytes\n")
+        (archive / "cert2.pem").write_text("same bytes\n")
+        live = sandbox.letsencrypt / "live" / "shop"
+        live.mkdir(parents=True)
+        (live / "cert.pem").symlink_to("../../archive/shop/cert1.pem")
+        sandbox.break_hook()
+        # certbot here moves the link only (content identical): the target alone tells the change.
+        (sandbox.root / "bin" / "docker").write_text(
+            "#!/bin/sh\nln -sfn ../../archive/shop/cert2.pem \"$CERTFAB_LETSENCRYPT_DIR/live/shop/cert.pem\"\n"
+        )
+        result = sandbox.run()
+        assert result.returncode == 0, result.stderr
+        assert sandbox.status()["renewed"] == ["shop"]
+
+    def test_pending_reload_survives_a_broken_hook(self, sandbox: Sandbox) -> None:
+        sandbox.add_lineage("shop")
+        sandbox.break_hook()
+        failed = sandbox.run(FAKE_RENEW="shop", FAKE_NGINX_T_EXIT="1", FAKE_NGINX_T_OUTPUT="nginx: [emerg] bad")
+        assert failed.returncode == 1
+        assert sandbox.status()["renewed"] == ["shop"]
+        pending = sandbox.state / "pending"
+        assert pending.read_text() == "shop\n"
+        assert stat.S_IMODE(pending.stat().st_mode) == 0o600
+        sandbox.assert_clean("pending")
+
+        # Nothing changes on the next run, yet it still owes nginx a reload for shop.
+        (sandbox.calls / "nginx.log").unlink()
+        fixed = sandbox.run()
+        assert fixed.returncode == 0, fixed.stderr
+        assert sandbox.log("nginx").splitlines() == ["-t", "-s reload"]
+        status = sandbox.status()
+        assert status["result"] == "renewed" and status["renewed"] == ["shop"]
+        assert status["hook_missed"] == []
+        assert not pending.exists()
+        sandbox.assert_clean()
+
+    def test_hostile_lineage_names_are_data(self, sandbox: Sandbox) -> None:
+        hostile = ["shop\nBcc: victim@example.net", "$(touch pwned)", "a b;c'd\"e", "-n", "tab\there"]
+        for name in hostile:
+            sandbox.add_lineage(name)
+        sandbox.break_hook()
+        result = subprocess.run([str(sandbox.script)], check=False, env=dict(sandbox.env, FAKE_RENEW_ALL="1"),
+                                capture_output=True, text=True, timeout=60, cwd=sandbox.root)
+        assert result.returncode == 0, result.stderr
+        assert not (sandbox.root / "pwned").exists() and not (sandbox.state / "pwned").exists()
+        status = sandbox.status()  # valid JSON
+        assert sorted(status["renewed"]) == sorted(  # type: ignore[arg-type]
+            ["shop?Bcc: victim@example.net", "$(touch pwned)", "a b;c'd\"e", "-n", "tab?here"])
+        [raw] = sandbox.mails()
+        mail = email.message_from_string(raw)
+        assert mail["Bcc"] is None
+        assert sorted(mail.keys()) == sorted(
+            ["To", "From", "Subject", "MIME-Version", "Content-Type", "Auto-Submitted"])
+        assert mail["Subject"] == "[certfab] web1: renewal OK"
+        assert "shop?Bcc: victim@example.net" in mail.get_payload()
+
+    def test_certbot_output_cannot_add_headers(self, sandbox: Sandbox) -> None:
+        output = "Failed to renew\nBcc: victim@example.net\n\nSubject: forged"
+        result = sandbox.run(FAKE_CERTBOT_EXIT="1", FAKE_CERTBOT_OUTPUT=output)
+        assert result.returncode == 1
+        mail = email.message_from_string(sandbox.mails()[0])
+        assert mail["Bcc"] is None
+        assert mail.get_all("Subject") == ["[certfab] web1: renewal FAILED"]
+
+    def test_header_values_from_settings_stay_one_line(self, sandbox: Sandbox) -> None:
+        env_file = Path(sandbox.env["CERTFAB_ENV_FILE"])
+        env_file.write_text(env_file.read_text() + "MAIL_FROM=$'me@example.com\\nBcc: victim@example.net'\n")
+        sandbox.run(FAKE_RENEW="shop")
+        mail = email.message_from_string(sandbox.mails()[0])
+        assert mail["Bcc"] is None
+        assert mail["From"] == "me@example.com?Bcc: victim@example.net"
+
+
+class TestBusyRun:
+    """A run that finds the lock held says so in status.json."""
+
+    def hold_lock(self, sandbox: Sandbox, content: str = "") -> int:
+        sandbox.state.mkdir(exist_ok=True)
+        fd = os.open(sandbox.state / "renew.lock", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.write(fd, content.encode())
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return fd
+
+    def test_foreign_holder_is_busy_with_unknown_holder(self, sandbox: Sandbox) -> None:
+        fd = self.hold_lock(sandbox, "1 2026-01-01T00:00:00Z\n")  # pid 1 is no certfab-renew run
+        try:
+            started = time.time()
+            result = sandbox.run(timeout=10)
+        finally:
+            os.close(fd)
+        assert result.returncode == 0, result.stderr
+        assert not (sandbox.calls / "docker.args").exists()
+        status = sandbox.status()
+        assert status["result"] == "busy"
+        assert status["holder"] is None
+        assert status["renewed"] == [] and status["nginx_test"] == "skipped"
+        assert "another renewal run holds the lock" in str(status["message"])
+        assert time.strptime(str(status["time"]), "%Y-%m-%dT%H:%M:%SZ")
+        assert abs(time.mktime(time.strptime(str(status["time"]), "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
+                   - started) < 60
+        assert stat.S_IMODE((sandbox.state / "status.json").stat().st_mode) == 0o600
+        assert sandbox.mails() == []
+        sandbox.assert_clean()
+
+    def test_stuck_holder_is_alerted(self, sandbox: Sandbox) -> None:
+        stuck = subprocess.Popen(["bash", "-c", "exec -a /usr/local/sbin/certfab-renew sleep 30"])
+        try:
+            time.sleep(0.2)
+            fd = self.hold_lock(sandbox, f"{stuck.pid} 2026-01-01T00:00:00Z\n")
+            try:
+                result = sandbox.run(timeout=10)
+            finally:
+                os.close(fd)
+        finally:
+            stuck.kill()
+            stuck.wait()
+        assert result.returncode == 1
+        status = sandbox.status()
+        assert status["result"] == "busy"
+        assert status["holder"] == {"pid": stuck.pid, "since": "2026-01-01T00:00:00Z"}
+        [mail] = sandbox.mails()
+        assert "Subject: [certfab] web1: renewal STUCK" in mail
+        assert f"certfab-renew pid {stuck.pid} has held" in mail
+        sandbox.assert_clean()
+
+
+class TestStatusFile:
+    def test_status_file_is_private_and_replaced_by_rename(self, sandbox: Sandbox) -> None:
+        sandbox.run()
+        status_file = sandbox.state / "status.json"
+        first = status_file.stat()
+        assert stat.S_IMODE(first.st_mode) == 0o600
+        sandbox.run()
+        second = status_file.stat()
+        assert second.st_ino != first.st_ino
+        assert stat.S_IMODE(second.st_mode) == 0o600
+        assert stat.S_IMODE((sandbox.state / "renew.lock").stat().st_mode) == 0o600
 
 
 # --- competing renewal jobs and renew-now's reading of a run -----------------------------------------
@@ -509,6 +733,16 @@ class TestRunRenewal:
     def test_lock_held_is_busy_not_the_older_result(self) -> None:
         status = run_renewal(_Remote(f"@@exit 0\n@@stale\n{self.STATUS}\n"))  # type: ignore[arg-type]
         assert status["result"] == "busy" and status["renewed"] == []
+        assert "another renewal run holds the lock" in status["message"]
+
+    def test_busy_run_that_recorded_itself(self) -> None:
+        busy = ('{"time": "2026-11-27T23:50:00Z", "result": "busy", "renewed": [], "certbot_exit": -1, '
+                '"holder": {"pid": 4242, "since": "2026-11-27T23:46:00Z"}, '
+                '"message": "another renewal run holds the lock (certfab-renew pid 4242 since '
+                '2026-11-27T23:46:00Z); nothing done now"}')
+        status = run_renewal(_Remote(f"@@exit 0\n{busy}\n"))  # type: ignore[arg-type]
+        assert status["result"] == "busy" and status["exit"] == 0
+        assert status["holder"] == {"pid": 4242, "since": "2026-11-27T23:46:00Z"}
         assert "another renewal run holds the lock" in status["message"]
 
     def test_failed_before_any_status(self) -> None:
