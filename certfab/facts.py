@@ -2,85 +2,55 @@
 
 from __future__ import annotations
 
-import base64
 import json
+import posixpath
 import re
-import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
-from certfab import tls
-from certfab.errors import PreflightError
+from certfab import includes, tls
+from certfab.errors import PreflightError, RemoteError
 from certfab.inventory import Host
-from certfab.paths import CRON_FILE, HOST_CONFIG_DIR, NGINX_CERTFAB_DIR, RENEW_SCRIPT, STATE_DIR, STATUS_FILE
+from certfab.paths import CRON_FILE, HOST_CONFIG_DIR, JOURNAL, NGINX_CERTFAB_DIR, RENEW_SCRIPT, STATUS_FILE
+from certfab.protocol import Reply
 from certfab.remote import Remote
 
-MARK = "@@certfab"
-
-# Files certfab owns outside nginx's own tree; their content is read back so plans can diff them.
+# Files certfab owns outside nginx's own tree, as (directory, glob); their content is read back so
+# plans can diff them.
 OWNED_GLOBS = (
-    f"{NGINX_CERTFAB_DIR}/*",
-    "/etc/nginx/conf.d/certfab-*.conf",
-    RENEW_SCRIPT,
-    CRON_FILE,
-    f"{HOST_CONFIG_DIR}/*",
+    (NGINX_CERTFAB_DIR, "*"),
+    ("/etc/nginx/conf.d", "certfab-*.conf"),
+    (posixpath.dirname(RENEW_SCRIPT), posixpath.basename(RENEW_SCRIPT)),
+    (posixpath.dirname(CRON_FILE), posixpath.basename(CRON_FILE)),
+    (HOST_CONFIG_DIR, "*"),
 )
-
-# Certificates: public halves only (cert.pem and the lineage's renewal config, never privkey.pem).
-CERTS_SECTION = (
-    "S certs; for d in /etc/letsencrypt/live/*/; do [ -f \"${d}cert.pem\" ] || continue; "
-    "n=${d%/}; n=${n##*/}; S cert \"$n\"; base64 -w0 \"${d}cert.pem\"; echo; "
-    "S renewal-conf \"$n\"; cat \"/etc/letsencrypt/renewal/$n.conf\" 2>/dev/null; done"
-)
-
-_SECTION = re.compile(rf"^{MARK} ([a-z0-9-]+)(?: (.*))?@@$", re.MULTILINE)
+FACTS_SCRIPT = "facts.sh.j2"
+REPORT_SCRIPT = "report.sh.j2"
+NGINX_FILES_SCRIPT = "nginx-files.sh.j2"
+# Include depth nginx configurations really have is 2 or 3; a deeper chain is read no further.
+MAX_INCLUDE_ROUNDS = 8
 
 
-def facts_script(host: Host, *, nginx: bool = True) -> str:
-    """The shell script that prints every fact certfab needs, in marked sections.
+def facts_context(host: Host, *, nginx: bool = True) -> dict[str, object]:
+    """What facts.sh.j2 needs to print every fact certfab reads about a host.
 
     It reads only public material: configuration, certificates (cert.pem, never privkey.pem),
     renewal configs, crontabs and certfab's own state.
     """
-    runtime = shlex.quote(host.certbot.runtime)
-    image = shlex.quote(host.certbot.image)
-    parts = [
-        "LC_ALL=C; export LC_ALL",
-        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin; export PATH",
-        f"S() {{ printf '\\n{MARK} %s@@\\n' \"$*\"; }}",
-        "S os; cat /etc/os-release 2>/dev/null",
-        "S hostname; { read -r h < /proc/sys/kernel/hostname && printf '%s\\n' \"$h\"; } 2>/dev/null || hostname",
-        "S uid; id -u",
-        "S systemd; [ -d /run/systemd/system ] && echo yes || echo no",
-        "S tools; for t in curl wget python3 flock logger sendmail openssl crontab nginx docker podman; do "
-        "command -v \"$t\" >/dev/null 2>&1 && echo \"$t\"; done",
-        # certfab's own state: journal of an unfinished run, lock owner, renewal status
-        # An open journal (or a staging area) means an earlier run was cut off mid-apply.
-        f"S journal; for j in {STATE_DIR}/journal {STATE_DIR}/journal.staging; do "
-        "[ -d \"$j\" ] && echo \"open $j\"; done; true",
-        f"S status; cat {STATUS_FILE} 2>/dev/null",
-        f"S runtime; if command -v {runtime} >/dev/null 2>&1; then echo present; "
-        f"{runtime} version --format '{{{{.Server.Version}}}}' 2>&1 | head -n 3; echo \"exit=$?\"; "
-        f"S image; {runtime} image inspect --format '{{{{.Id}}}}' {image} 2>/dev/null || echo missing; "
-        "else echo missing; fi",
-        CERTS_SECTION,
-        "S crontab; crontab -l -u root 2>/dev/null; true",
-        "S cron-d; ls -1 /etc/cron.d 2>/dev/null",
-        "S competing; [ -e /etc/cron.d/certbot ] && echo /etc/cron.d/certbot; "
-        "[ -d /run/systemd/system ] && systemctl is-enabled certbot.timer snap.certbot.renew.timer 2>/dev/null "
-        "| grep -q '^enabled' && echo certbot.timer; true",
-        "S owned; for f in " + " ".join(OWNED_GLOBS) + "; do [ -f \"$f\" ] || continue; "
-        "S owned-file \"$f\"; base64 -w0 \"$f\"; echo; done",
-    ]
-    if nginx:
-        parts += [
-            "S nginx-v; nginx -V 2>&1 || echo missing",
-            "S nginx-t; nginx -t 2>&1; echo \"exit=$?\"",
-            "S nginx-files; nginx -T 2>/dev/null | sed -n 's/^# configuration file \\(.*\\):$/\\1/p' | "
-            "while IFS= read -r f; do S nginx-file \"$f\"; readlink -f -- \"$f\"; "
-            "base64 -w0 -- \"$f\"; echo; done",
-        ]
-    return "\n".join(parts) + "\n"
+    return {
+        "runtime": host.certbot.runtime,
+        "image": host.certbot.image,
+        "journal": JOURNAL,
+        "status_file": STATUS_FILE,
+        "owned_globs": [{"dir": d, "pattern": g} for d, g in OWNED_GLOBS],
+        "nginx": nginx,
+        "probe": False,
+        "stamp_key": None,
+    }
+
+
+def report_context() -> dict[str, object]:
+    return {"status_file": STATUS_FILE, "cron_file": CRON_FILE}
 
 
 @dataclass(frozen=True)
@@ -107,6 +77,8 @@ class NginxFacts:
     test_output: str
     files: dict[str, ConfigFile]
     tls_library: str = "OpenSSL"
+    # Files nginx loads that certfab did not read (key locations, too large, unreadable): path -> why.
+    refused_files: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -142,17 +114,6 @@ class HostFacts:
     status: dict[str, Any] | None = field(default=None)
 
 
-def _sections(output: str) -> list[tuple[str, str, str]]:
-    """Split marked output into (name, argument, body) triples, in order."""
-    found = list(_SECTION.finditer(output))
-    result = []
-    for index, match in enumerate(found):
-        end = found[index + 1].start() if index + 1 < len(found) else len(output)
-        body = output[match.end() + 1 : end]
-        result.append((match.group(1), match.group(2) or "", body.rstrip("\n")))
-    return result
-
-
 def parse_nginx_v(text: str) -> tuple[str, str, bool, str, str]:
     """Version, OpenSSL text, SNI support, conf path and prefix from `nginx -V` output."""
     version = re.search(r"nginx version: nginx/([\d.]+)", text)
@@ -168,10 +129,6 @@ def parse_nginx_v(text: str) -> tuple[str, str, bool, str, str]:
     )
 
 
-def _b64(text: str) -> str:
-    return base64.b64decode(text.strip() or b"").decode("utf-8", errors="surrogateescape")
-
-
 def parse_status(text: str) -> dict[str, Any] | None:
     """The renewal script's status.json; an unreadable file is a status of its own."""
     try:
@@ -181,35 +138,24 @@ def parse_status(text: str) -> dict[str, Any] | None:
     return loaded if isinstance(loaded, dict) else None
 
 
-def parse_facts(host: str, output: str) -> HostFacts:
-    """Turn the facts script's output into HostFacts."""
-    single: dict[str, str] = {}
-    nginx_files: dict[str, ConfigFile] = {}
-    lineage_certs: dict[str, str] = {}
-    lineage_confs: dict[str, str] = {}
-    owned: dict[str, str] = {}
-    for name, arg, body in _sections(output):
-        if name == "nginx-file":
-            real, _, content = body.partition("\n")
-            nginx_files[arg] = ConfigFile(arg, real.strip() or arg, _b64(content))
-        elif name == "cert":
-            lineage_certs[arg] = _b64(body)
-        elif name == "renewal-conf":
-            lineage_confs[arg] = body
-        elif name == "owned-file":
-            owned[arg] = _b64(body)
-        else:
-            single[name] = body
+def parse_facts(host: str, reply: Reply, nginx_files: dict[str, ConfigFile] | None = None,
+                refused: dict[str, str] | None = None) -> HostFacts:
+    """Turn the facts script's frames (and the nginx files read after it) into HostFacts."""
+    lineages = {
+        f.arg: Lineage(f.arg, f.body.decode("ascii", errors="replace"), reply_texts(reply, "renewal-conf").get(f.arg, ""))
+        for f in reply.all("cert")
+    }
     nginx = None
-    v_text = single.get("nginx-v", "missing")
+    v_text = reply.text("nginx-v", "missing")
     if "nginx version" in v_text:
         version, openssl, sni, conf, prefix = parse_nginx_v(v_text)
-        test = single.get("nginx-t", "")
+        test = reply.get("nginx-t")
         try:
             # The library nginx runs with decides what TLS can do; the one it was built with may differ.
             capabilities: tls.HostTls | None = tls.parse_nginx_v(v_text)
         except PreflightError:
             capabilities = None
+        main = reply.text("nginx-conf", conf) or conf
         nginx = NginxFacts(
             version=capabilities.nginx_version if capabilities else (),
             version_text=version,
@@ -217,65 +163,111 @@ def parse_facts(host: str, output: str) -> HostFacts:
             openssl_text=openssl,
             tls_library=capabilities.tls_library if capabilities else "",
             sni=sni,
-            conf_path=conf,
-            prefix=prefix,
-            test_ok=test.rstrip().endswith("exit=0"),
-            test_output=re.sub(r"\n?exit=\d+\s*$", "", test).strip(),
-            files=nginx_files,
+            conf_path=main,
+            prefix=posixpath.dirname(main) or prefix,
+            test_ok=test is not None and test.arg == "0",
+            test_output=test.text.strip() if test is not None else "",
+            files=dict(nginx_files or {}),
+            refused_files=dict(refused or {}),
         )
-    runtime = single.get("runtime", "missing")
-    image = single.get("image", "missing").strip()
-    status = parse_status(single["status"]) if single.get("status", "").strip() else None
-    os_release = dict(
-        line.split("=", 1) for line in single.get("os", "").splitlines() if "=" in line
-    )
+    runtime = reply.get("runtime")
+    image = reply.text("image").strip()
+    status_text = reply.text("status")
+    status = parse_status(status_text) if status_text.strip() else None
+    os_release = dict(line.split("=", 1) for line in reply.text("os").splitlines() if "=" in line)
+    runtime_lines = runtime.text.strip().splitlines() if runtime is not None else []
     return HostFacts(
         host=host,
         os_name=os_release.get("PRETTY_NAME", "unknown").strip('"'),
-        hostname=single.get("hostname", "").strip(),
-        uid=int(single.get("uid", "-1").strip() or -1),
-        systemd=single.get("systemd", "").strip() == "yes",
-        tools=frozenset(single.get("tools", "").split()),
+        hostname=reply.text("hostname").strip(),
+        uid=int(reply.text("uid", "-1").strip() or -1) if reply.text("uid", "-1").strip().lstrip("-").isdigit() else -1,
+        systemd=reply.text("systemd").strip() == "yes",
+        tools=frozenset(f.text for f in reply.all("tool")),
         nginx=nginx,
-        runtime_present=runtime.startswith("present"),
-        runtime_version=runtime.removeprefix("present").strip().splitlines()[0] if runtime.startswith("present") and runtime.strip() != "present" else "",
-        image_present=runtime.startswith("present") and image != "missing" and bool(image),
-        image_id=image if image != "missing" else "",
-        lineages={
-            name: Lineage(name, pem, lineage_confs.get(name, "")) for name, pem in sorted(lineage_certs.items())
-        },
-        crontab=single.get("crontab", ""),
-        cron_d=tuple(single.get("cron-d", "").split()),
-        competing_renewal=tuple(single.get("competing", "").split()),
-        owned_files=owned,
-        journal=single.get("journal", ""),
+        runtime_present=runtime is not None,
+        runtime_version=runtime_lines[0] if runtime_lines else "",
+        image_present=runtime is not None and bool(image),
+        image_id=image,
+        lineages=dict(sorted(lineages.items())),
+        crontab=reply.text("crontab"),
+        cron_d=tuple(f.text for f in reply.all("cron-d")),
+        competing_renewal=tuple(f.text for f in reply.all("competing")),
+        owned_files={f.arg: f.text for f in reply.all("owned-file")},
+        journal="\n".join(f.text for f in reply.all("journal")),
         status=status,
     )
 
 
+def reply_texts(reply: Reply, name: str) -> dict[str, str]:
+    """Frames called `name` as {argument: text}."""
+    return {f.arg: f.text for f in reply.all(name)}
+
+
+def read_nginx_files(remote: Remote, reply: Reply) -> tuple[dict[str, ConfigFile], dict[str, str]]:
+    """Every file nginx loads, from the main file the facts read, one include level per command.
+
+    Returns the files read and those refused (path: why). Only paths that `include` directives of
+    files already read name are asked for; key files and key locations are refused on the host and
+    dropped again here.
+    """
+    files: dict[str, ConfigFile] = {}
+    refused: dict[str, str] = {}
+    expanded: dict[str, tuple[str, ...]] = {}
+    main = reply.text("nginx-conf")
+    if not main:
+        return files, refused
+    conf_prefix = posixpath.dirname(main)
+    current = reply
+    for _ in range(MAX_INCLUDE_ROUNDS):
+        _take_files(current, files, refused, expanded)
+        found = includes.scan({p: f.text for p, f in files.items()}, main, conf_prefix, expanded)
+        for path, f in list(files.items()):
+            if includes.is_key_file(path, found) or includes.is_key_file(f.real_path, found):
+                del files[path]
+                refused[path] = "is a private key location"
+        if not found.patterns:
+            break
+        current = remote.check_script(
+            NGINX_FILES_SCRIPT, what="reading nginx files", patterns=list(found.patterns),
+            key_paths=list(found.key_paths), key_dirs=list(found.key_dirs),
+        )
+    return files, refused
+
+
+def _take_files(reply: Reply, files: dict[str, ConfigFile], refused: dict[str, str],
+                expanded: dict[str, tuple[str, ...]]) -> None:
+    real = reply_texts(reply, "nginx-real")
+    for frame in reply.all("nginx-file"):
+        real_path = real.get(frame.arg, frame.arg)
+        if includes.denied(frame.arg) or includes.denied(real_path):
+            refused[frame.arg] = f"is a private key location ({real_path})"
+            continue
+        files[frame.arg] = ConfigFile(frame.arg, real_path, frame.text)
+    for frame in reply.all("nginx-refused"):
+        refused[frame.arg] = frame.text
+    matches: dict[str, list[str]] = {f.arg: [] for f in reply.all("nginx-pattern")}
+    for frame in reply.all("nginx-match"):
+        matches.setdefault(frame.arg, []).append(frame.text)
+    for pattern, found in matches.items():
+        expanded[pattern] = tuple(sorted(found))
+
+
+def _complete(reply: Reply, what: str, host: str) -> Reply:
+    if not reply.has("done") and not reply.has("unchanged"):
+        raise RemoteError(f"{host}: {what}: the answer is incomplete (exit {reply.exited}): {reply.last_error_line()}")
+    return reply
+
+
 def gather(remote: Remote, *, nginx: bool = True) -> HostFacts:
-    """Read a host's facts with exactly one remote command."""
-    result = remote.check(facts_script(remote.host, nginx=nginx), what="reading facts")
-    return parse_facts(remote.host.name, result.stdout)
-
-
-def report_script() -> str:
-    """The one command report-expiry runs: public certificates, renewal configs, status, cron line."""
-    return "\n".join(
-        [
-            "LC_ALL=C; export LC_ALL",
-            f"S() {{ printf '\\n{MARK} %s@@\\n' \"$*\"; }}",
-            # Builtins instead of forks where they print the same: this runs on every host of the fleet.
-            "S hostname; { read -r h < /proc/sys/kernel/hostname && printf '%s\\n' \"$h\"; } 2>/dev/null || hostname",
-            f"S status; cat {STATUS_FILE} 2>/dev/null",
-            CERTS_SECTION,
-            f"S owned-file {CRON_FILE}; [ -f {CRON_FILE} ] && base64 -w0 {CRON_FILE}; echo",
-            "S crontab; crontab -l -u root 2>/dev/null; true",
-        ]
-    ) + "\n"
+    """Read a host's facts: one command, plus one per include level of its nginx configuration."""
+    reply = _complete(remote.script(FACTS_SCRIPT, what="reading facts", context=facts_context(remote.host, nginx=nginx)),
+                      "reading facts", remote.host.name)
+    files, refused = read_nginx_files(remote, reply) if nginx else ({}, {})
+    return parse_facts(remote.host.name, reply, files, refused)
 
 
 def gather_for_report(remote: Remote) -> HostFacts:
     """Read what the expiry report needs with exactly one remote command."""
-    result = remote.check(report_script(), what="reading certificates")
-    return parse_facts(remote.host.name, result.stdout)
+    reply = _complete(remote.script(REPORT_SCRIPT, what="reading certificates", context=report_context()),
+                      "reading certificates", remote.host.name)
+    return parse_facts(remote.host.name, reply)

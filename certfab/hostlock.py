@@ -7,28 +7,19 @@ run never leaves a stale lock, and a second run can tell a live run from a crash
 
 from __future__ import annotations
 
-import shlex
 import time
 
 import paramiko
 
 from certfab.errors import ConnectError, LockedError
 from certfab.paths import STATE_DIR
+from certfab.protocol import Frame, new_nonce, parse_frames
 from certfab.remote import Remote
+from certfab.remote_scripts import render_script
 
 LOCK_FILE = f"{STATE_DIR}/lock"
 OWNER_FILE = f"{STATE_DIR}/lock.owner"
-
-
-def _holder_script(run_id: str, wait_seconds: int) -> str:
-    wait = f"flock -w {wait_seconds} 9" if wait_seconds > 0 else "flock -n 9"
-    return (
-        f"mkdir -p {STATE_DIR} && chmod 0700 {STATE_DIR} && exec 9>>{LOCK_FILE} || exit 1\n"
-        f"if ! {wait}; then echo BUSY; cat {OWNER_FILE} 2>/dev/null; exit 75; fi\n"
-        f"printf '%s\\n' {shlex.quote(run_id)} > {OWNER_FILE}.tmp && mv -f {OWNER_FILE}.tmp {OWNER_FILE}\n"
-        "echo LOCKED\n"
-        "exec cat >/dev/null\n"
-    )
+HOLDER_SCRIPT = "hostlock.sh.j2"
 
 
 class HostLock:
@@ -42,39 +33,41 @@ class HostLock:
 
     def acquire(self) -> None:
         """Take the lock or raise LockedError naming the run that holds it."""
-        transport = self.remote.conn.client.get_transport()
-        if transport is None:
-            raise ConnectError(f"{self.remote.host.name}: not connected")
-        command = "/bin/sh -c " + shlex.quote(_holder_script(self.run_id, self.wait_seconds))
-        sudo_password = None
-        if self.remote.needs_sudo:
-            command = "sudo -S -p '' " + command
-            sudo_password = self.remote.conn.config.sudo.password
-        channel = transport.open_session()
-        self.remote.commands_run += 1
-        channel.exec_command(command)
-        if sudo_password:
-            channel.sendall((sudo_password + "\n").encode())
+        host = self.remote.host.name
+        nonce = new_nonce()
+        script = render_script(HOLDER_SCRIPT, nonce=nonce, root=self.remote.root, state_dir=STATE_DIR,
+                               lock_file=LOCK_FILE, owner_file=OWNER_FILE, run_id=self.run_id,
+                               wait_seconds=self.wait_seconds)
+        channel, _ = self.remote.open_shell("taking the certfab lock")
+        # The script goes in whole but stdin stays open: the holder waits on it for the run's end.
+        channel.sendall(script.encode())
         channel.settimeout(self.wait_seconds + self.remote.command_timeout)
         reply = b""
         deadline = time.monotonic() + self.wait_seconds + 60
-        while b"LOCKED" not in reply and not channel.exit_status_ready() and time.monotonic() < deadline:
-            chunk = channel.recv(4096)
-            if not chunk:
-                break
-            reply += chunk
-        if b"LOCKED" in reply:
+        frames: tuple[Frame, ...] = ()
+        try:
+            while time.monotonic() < deadline:
+                complete = reply[: reply.rfind(b"\n") + 1]
+                frames = parse_frames(complete, nonce) if complete.count(b"\n") % 2 == 0 else frames
+                if any(f.name in ("locked", "busy") for f in frames):
+                    break
+                chunk = channel.recv(4096)
+                if not chunk:
+                    break
+                reply += chunk
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            channel.close()
+            raise ConnectError(f"{host}: connection lost while taking the certfab lock: {exc}") from None
+        if any(f.name == "locked" for f in frames):
             self.channel = channel
             return
-        text = reply.decode(errors="replace")
         channel.close()
-        if "BUSY" in text:
-            owner = text.split("BUSY", 1)[1].strip() or "unknown run"
-            raise LockedError(
-                f"{self.remote.host.name}: another certfab run ({owner}) is working on this host; "
-                "try again when it has finished"
-            )
-        raise LockedError(f"{self.remote.host.name}: could not take the certfab lock: {text.strip() or 'no reply'}")
+        busy = next((f for f in frames if f.name == "busy"), None)
+        if busy is not None:
+            owner = " ".join(busy.text.split()) or "unknown run"
+            raise LockedError(f"{host}: another certfab run ({owner}) is working on this host; "
+                              "try again when it has finished")
+        raise LockedError(f"{host}: could not take the certfab lock: no answer from the host")
 
     def release(self) -> None:
         """Drop the lock by ending the holder process."""

@@ -12,6 +12,7 @@ import select
 import shlex
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import paramiko
@@ -177,10 +178,11 @@ class Remote:
         return RunResult(out.decode("utf-8", errors="surrogateescape"), err.decode("utf-8", errors="replace"),
                          exited)
 
-    def script(self, name: str, *, what: str, timeout: float | None = None, **context: object) -> Reply:
+    def script(self, name: str, *, what: str, timeout: float | None = None,
+               context: Mapping[str, object] | None = None, **values: object) -> Reply:
         """Run templates/remote/<name> and read its framed answer; never raises for a non-zero exit."""
         nonce = new_nonce()
-        text = render_script(name, nonce=nonce, root=self.root, **context)
+        text = render_script(name, nonce=nonce, root=self.root, **{**(context or {}), **values})
         exited, out, err = self._exchange(text, timeout=timeout, what=what)
         try:
             frames = parse_frames(out, nonce)
@@ -188,9 +190,10 @@ class Remote:
             raise ProtocolError(f"{self.host.name}: {what}: {exc}") from None
         return Reply(exited, frames, err.decode("utf-8", errors="replace"))
 
-    def check_script(self, name: str, *, what: str, timeout: float | None = None, **context: object) -> Reply:
+    def check_script(self, name: str, *, what: str, timeout: float | None = None,
+                     context: Mapping[str, object] | None = None, **values: object) -> Reply:
         """Run a remote script and raise RemoteError with its last error line when it fails."""
-        reply = self.script(name, what=what, timeout=timeout, **context)
+        reply = self.script(name, what=what, timeout=timeout, context=context, **values)
         if not reply.ok:
             raise RemoteError(f"{self.host.name}: {what} failed (exit {reply.exited}): {reply.last_error_line()}")
         return reply

@@ -12,24 +12,18 @@ from certfab.remote import Remote
 
 def run_renewal(remote: Remote) -> dict[str, Any]:
     """Run certfab-renew on the host (one command) and return its status plus exit code."""
-    # The script replaces status.json by rename on every run it makes, so an unchanged inode means
-    # this run wrote nothing: another run held the lock (exit 0) or it failed before its first step.
-    script = (
-        f"[ -x {RENEW_SCRIPT} ] || {{ echo 'certfab-renew is not installed; run bootstrap first' >&2; exit 127; }}\n"
-        f"before=$(stat -c %i {STATUS_FILE} 2>/dev/null)\n"
-        f"{RENEW_SCRIPT} >/dev/null 2>&1; rc=$?\n"
-        f"after=$(stat -c %i {STATUS_FILE} 2>/dev/null)\n"
-        f"echo \"@@exit $rc\"; [ \"$before\" = \"$after\" ] && echo '@@stale'\n"
-        f"cat {STATUS_FILE} 2>/dev/null\n"
-    )
-    result = remote.run(script, what="running the renewal script")
-    if result.exited == 127:
+    reply = remote.script("renew-now.sh.j2", what="running the renewal script",
+                          renew_script=RENEW_SCRIPT, status_file=STATUS_FILE)
+    if reply.has("not-installed"):
         raise RemoteError(f"{remote.host.name}: certfab-renew is not installed; run bootstrap first")
-    head, _, body = result.stdout.partition("\n")
-    code = int(head.removeprefix("@@exit ").strip() or 1) if head.startswith("@@exit") else 1
-    stale = body.startswith("@@stale\n") or body == "@@stale"
-    if stale:
+    exit_frame = reply.get("exit")
+    if exit_frame is None:
+        raise RemoteError(f"{remote.host.name}: running the renewal script: no answer "
+                          f"(exit {reply.exited}): {reply.last_error_line()}")
+    code = int(exit_frame.arg) if exit_frame.arg.isdigit() else 1
+    if reply.has("stale"):
         return _not_run(code)
+    body = reply.text("status")
     status = (parse_status(body) if body.strip() else None) or {}
     status["exit"] = code
     return status

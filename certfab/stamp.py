@@ -14,27 +14,29 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import posixpath
 import re
-import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 
 from certfab.certs import parse_pem
 from certfab.desired import RENEW_FRACTION, changed_writes, decide_certificate, desired_state, preflight
-from certfab.errors import CertfabError
-from certfab.facts import HostFacts, facts_script, parse_facts
+from certfab.errors import CertfabError, RemoteError
+from certfab.facts import FACTS_SCRIPT, ConfigFile, HostFacts, facts_context, parse_facts, read_nginx_files
 from certfab.inventory import Host, Inventory
-from certfab.paths import CRON_FILE, HOST_CONFIG_DIR, JOURNAL, RENEW_SCRIPT, STATE_DIR
+from certfab.paths import CRON_FILE, HOST_CONFIG_DIR, RENEW_SCRIPT, STATE_DIR
+from certfab.protocol import Reply
 from certfab.remote import Remote
 
 STAMP_FILE = f"{STATE_DIR}/stamp"
-STAMP_VERSION = "certfab-stamp 1"
+STAMP_VERSION = "certfab-stamp 2"
+STAMP_SCRIPT = "stamp-write.sh.j2"
 # A full read at least this often, whatever the stamp says.
 MAX_TRUST = timedelta(days=7)
 
-# Trees whose metadata is hashed on every run; nginx files outside /etc/nginx are added from `nginx -T`.
+# Trees whose metadata is hashed on every run; nginx files outside /etc/nginx come from the stamp's watch list.
 WATCHED = (
     "/etc/nginx",
     "/etc/letsencrypt/live",
@@ -94,95 +96,59 @@ def input_key(host: Host, inventory: Inventory, acme_ca_pem: str | None) -> str:
     return hashlib.sha256("\0".join(parts).encode("utf-8", errors="surrogateescape")).hexdigest()
 
 
-def _state_hash_function() -> str:
-    """Shell function printing the md5 of the watched trees' metadata plus the extra paths "$@"."""
-    watched = " ".join(shlex.quote(path) for path in WATCHED)
-    return (
-        "state_hash() {\n"
-        f"    find {watched} \"$@\" -printf '%p %y %i %s %C@ %m %U %G %l\\n' 2>/dev/null | md5sum 2>/dev/null\n"
-        "}\n"
-    )
-
-
-def probe_script(host: Host, *, key: str | None, now: datetime) -> str:
-    """One script: "unchanged" when the stamp holds, else the state hash, its paths and every fact."""
-    lines = [
-        "LC_ALL=C; export LC_ALL",
-        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin; export PATH",
-        _state_hash_function(),
-    ]
-    if key is not None:
-        lines.append(
-            f"""stamp_key=; stamp_state=; stamp_recheck=0; stamp_version=
-if [ ! -e {JOURNAL} ] && [ ! -e {JOURNAL}.staging ] && [ -f {STAMP_FILE} ]; then
-    while IFS= read -r line; do
-        case $line in
-            "certfab-stamp "*) stamp_version=$line ;;
-            "key "*) stamp_key=${{line#key }} ;;
-            "state "*) stamp_state=${{line#state }} ;;
-            "recheck "*) stamp_recheck=${{line#recheck }} ;;
-            "watch "*) set -- "$@" "${{line#watch }}" ;;
-        esac
-    done < {STAMP_FILE}
-fi
-if [ "$stamp_version" = {shlex.quote(STAMP_VERSION)} ] && [ -n "$stamp_state" ] \\
-        && [ "$stamp_state" != {_EMPTY_MD5} ] && [ "$stamp_key" = {key} ] \\
-        && [ "$stamp_recheck" -gt {int(now.timestamp())} ] 2>/dev/null; then
-    now_state=$(state_hash "$@")
-    if [ "${{now_state%% *}}" = "$stamp_state" ]; then
-        echo certfab-unchanged
-        while IFS= read -r line; do case $line in "warn "*) printf '%s\\n' "$line" ;; esac; done < {STAMP_FILE}
-        exit 0
-    fi
-fi"""
-        )
-    # Watched besides the fixed trees: nginx files outside /etc/nginx (as named, real, and their
-    # directories), the nginx binary and the libraries it loads (an OpenSSL update changes what TLS
-    # settings fit), and the container runtime.
-    lines.append(
-        """IFS='
-'
-set -f
-set -- $({ nginx -T 2>/dev/null | sed -n 's/^# configuration file \\(.*\\):$/\\1/p' | while IFS= read -r f; do
-    r=$(readlink -f -- "$f" 2>/dev/null || printf '%s' "$f")
-    for p in "$f" "${f%/*}" "$r" "${r%/*}"; do case $p in /etc/nginx|/etc/nginx/*|'') ;; *) printf '%s\\n' "$p" ;; esac; done
-done
-for b in nginx """ + shlex.quote(host.certbot.runtime) + """; do p=$(command -v "$b") && readlink -f -- "$p"; done
-p=$(command -v nginx) && ldd "$p" 2>/dev/null | sed -n 's/^.*=> \\(\\/[^ ]*\\) .*$/\\1/p' | while IFS= read -r l; do
-    readlink -f -- "$l"; done
-} | sort -u)
-set +f
-unset IFS
-now_state=$(state_hash "$@")
-printf 'certfab-state %s %s\\n' "${now_state%% *}" "$#"
-for p in "$@"; do printf '%s\\n' "$p"; done"""
-    )
-    return "\n".join(lines) + "\n" + facts_script(host)
-
-
-def parse_probe(host: str, output: str) -> Unchanged | Observed:
-    """Read what probe_script printed."""
-    if output.startswith("certfab-unchanged\n"):
+def parse_probe(host: str, reply: Reply, nginx_files: dict[str, ConfigFile] | None = None,
+                refused: dict[str, str] | None = None) -> Unchanged | Observed:
+    """Read what the probing facts script answered (and the nginx files read after it)."""
+    if reply.has("unchanged"):
         warnings = []
-        for line in output.splitlines()[1:]:
-            if line.startswith("warn "):
-                warnings.append(base64.b64decode(line[5:]).decode("utf-8", errors="replace"))
+        for frame in reply.all("warn"):
+            try:
+                warnings.append(base64.b64decode(frame.text, validate=True).decode("utf-8", errors="replace"))
+            except ValueError:
+                continue
         return Unchanged(tuple(warnings))
-    first, _, rest = output.partition("\n")
-    fields = first.split(" ")
-    if len(fields) != 3 or fields[0] != "certfab-state" or not fields[2].isdigit():
-        return Observed(parse_facts(host, output), "", ())
-    count = int(fields[2])
-    lines = rest.split("\n")
-    watch, remainder = tuple(lines[:count]), "\n".join(lines[count:])
-    state = fields[1] if _HASH.match(fields[1]) and fields[1] != _EMPTY_MD5 else ""
-    return Observed(parse_facts(host, remainder), state, watch)
+    state = reply.text("state").strip()
+    state = state if _HASH.match(state) and state != _EMPTY_MD5 else ""
+    watch = tuple(f.text for f in reply.all("watch"))
+    return Observed(parse_facts(host, reply, nginx_files, refused), state, watch)
+
+
+def probe_context(host: Host, *, key: str | None, now: datetime) -> dict[str, object]:
+    """facts.sh.j2 as a probe: "unchanged" when the stamp for `key` holds, else the state hash and every fact."""
+    return {
+        **facts_context(host),
+        "probe": True,
+        "stamp_key": key,
+        "stamp_file": STAMP_FILE,
+        "stamp_version": STAMP_VERSION,
+        "empty_md5": _EMPTY_MD5,
+        "watched": list(WATCHED),
+        "now": int(now.timestamp()),
+    }
 
 
 def read_host(remote: Remote, *, key: str | None, now: datetime) -> Unchanged | Observed:
-    """With one remote command: Unchanged if the stamp for `key` holds, else every fact (key None: always)."""
-    result = remote.check(probe_script(remote.host, key=key, now=now), what="reading facts")
-    return parse_probe(remote.host.name, result.stdout)
+    """Unchanged (one command) if the stamp for `key` holds, else every fact (key None: always)."""
+    reply = remote.script(FACTS_SCRIPT, what="reading facts", context=probe_context(remote.host, key=key, now=now))
+    if not reply.has("unchanged") and not reply.has("done"):
+        raise RemoteError(f"{remote.host.name}: reading facts: the answer is incomplete "
+                          f"(exit {reply.exited}): {reply.last_error_line()}")
+    if reply.has("unchanged"):
+        return parse_probe(remote.host.name, reply)
+    files, refused = read_nginx_files(remote, reply)
+    return parse_probe(remote.host.name, reply, files, refused)
+
+
+def outside_paths(facts: HostFacts) -> tuple[str, ...]:
+    """nginx files outside /etc/nginx, as named and resolved, with their directories: the stamp watches them."""
+    if facts.nginx is None:
+        return ()
+    found: list[str] = []
+    for f in facts.nginx.files.values():
+        for path in (f.path, posixpath.dirname(f.path), f.real_path, posixpath.dirname(f.real_path)):
+            if path and path != "/etc/nginx" and not path.startswith("/etc/nginx/") and path not in found:
+                found.append(path)
+    return tuple(sorted(found))
 
 
 def recheck_time(host: Host, facts: HostFacts, now: datetime) -> datetime:
@@ -209,22 +175,27 @@ def stamp_text(*, key: str, observed: Observed, recheck: datetime, warnings: lis
 
 
 def write_stamp(remote: Remote, *, key: str, observed: Observed, warnings: list[str], now: datetime) -> bool:
-    """Record that the host was found in its desired state (one remote command); False if not possible."""
-    if not observed.state or any("\n" in path for path in observed.watch):
+    """Record that the host was found in its desired state (one remote command); False if not possible.
+
+    The state hash only covers the extra paths the probe was told to watch: when the configuration
+    now loads files outside /etc/nginx that it did not watch, the stamp records them but no state,
+    so the next run hashes them and stamps for real.
+    """
+    needed = outside_paths(observed.facts)
+    if any("\n" in path or not path.startswith("/") for path in needed):
         return False
     recheck = recheck_time(remote.host, observed.facts, now)
-    if recheck <= now:
+    if recheck <= now or not observed.state:
         return False
-    text = stamp_text(key=key, observed=observed, recheck=recheck, warnings=warnings)
-    script = (
-        f"umask 077; mkdir -p {STATE_DIR} && printf '%s' {shlex.quote(text)} > {STAMP_FILE}.tmp "
-        f"&& mv -f {STAMP_FILE}.tmp {STAMP_FILE}\n"
-    )
+    complete = set(needed) <= set(observed.watch)
+    pending = replace(observed, state=observed.state if complete else "", watch=needed)
+    text = stamp_text(key=key, observed=pending, recheck=recheck, warnings=warnings)
     try:
-        remote.check(script, what="recording the host's state")
+        remote.check_script(STAMP_SCRIPT, what="recording the host's state", state_dir=STATE_DIR,
+                            stamp_file=STAMP_FILE, text=text)
     except CertfabError:
         return False  # the run's result stands; the next run simply reads every fact again
-    return True
+    return complete
 
 
 def stamp_if_converged(
