@@ -75,15 +75,15 @@ def target_hosts(c: Context, inventory: Inventory, limit: str | None) -> tuple[H
 
 
 def fabric_config(c: Context) -> Any:
-    """The task's configuration as a Fabric Config (sudo password, timeouts, ...)."""
-    from fabric import Config
+    """The task's configuration (sudo password, ...) as a Fabric Config of its own, for `fab` and `inv` alike.
 
-    config = getattr(c, "config", None)
-    if isinstance(config, Config):
-        return config
-    if config is None:
-        return Config()
-    return config.clone(into=Config)
+    A copy, not the task's object: a Fabric Connection writes into the config it is given, and worker
+    threads clone this copy for each connection. The copy carries no ssh_config rules (certfab.ssh
+    resolves routes itself), so `fab` and `inv` connect the same way.
+    """
+    from certfab.ssh import connection_config
+
+    return connection_config(getattr(c, "config", None))
 
 
 class LiveProgress(Progress):

@@ -8,17 +8,16 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import FrameType
 from typing import Any, Generic, TypeVar
 
 import paramiko
-from fabric import Config
 
 from certfab.errors import CertfabError
 from certfab.inventory import Host, Inventory
 from certfab.remote import Remote
-from certfab.ssh import open_connection
+from certfab.ssh import connection_config, open_connection
 
 T = TypeVar("T")
 
@@ -82,11 +81,14 @@ class HostSession:
         self.progress.step(self.host.name, message)
 
 
-def connect(host: Host, inventory: Inventory, *, accept_new: bool, config: Config | None) -> tuple[Remote, list[str]]:
-    """Open a host's connection and wrap it in the remote seam."""
+def connect(host: Host, inventory: Inventory, *, accept_new: bool, config: Any = None) -> tuple[Remote, list[str]]:
+    """Open a host's connection and wrap it in the remote seam.
+
+    The remote seam sees the login actually used (ssh_config may give the user), so sudo is decided for it.
+    """
     conn = open_connection(host, inventory, accept_new=accept_new, config=config)
-    notices = [conn.certfab_notice] if hasattr(conn, "certfab_notice") else []
-    return Remote(host, conn, inventory.ssh.command_timeout), notices
+    logged_in = replace(host, user=conn.user, port=conn.port)
+    return Remote(logged_in, conn, inventory.ssh.command_timeout), list(conn.certfab_notices)
 
 
 def run_on_host(
@@ -95,7 +97,7 @@ def run_on_host(
     pipeline: Callable[[HostSession], T],
     *,
     accept_new: bool = False,
-    config: Config | None = None,
+    config: Any = None,
     progress: Progress | None = None,
 ) -> HostOutcome[T]:
     """Connect to one host and run a pipeline on it, turning certfab errors into an outcome."""
@@ -106,7 +108,7 @@ def run_on_host(
     try:
         progress.step(host.name, "connecting")
         remote, outcome.notices = connect(host, inventory, accept_new=accept_new, config=config)
-        outcome.value = pipeline(HostSession(host, remote, inventory, progress))
+        outcome.value = pipeline(HostSession(remote.host, remote, inventory, progress))
     except CertfabError as exc:
         outcome.error = one_line(str(exc))
         outcome.exit_code = exc.exit_code
@@ -161,7 +163,7 @@ def run_fleet(
     *,
     parallel: int = 10,
     accept_new: bool = False,
-    config: Config | None = None,
+    config: Any = None,
     progress: Progress | None = None,
     stop: Stop | None = None,
 ) -> list[HostOutcome[T]]:
@@ -171,6 +173,8 @@ def run_fleet(
     their own (a bootstrap commits or rolls back), and hosts never started come back as such.
     """
     hosts = list(hosts)
+    # Cloned once here; each connection then clones this copy for itself (see ssh.connection_config).
+    config = connection_config(config)
     stop = stop if stop is not None else Stop()
     progress = progress or Progress()
     outcomes: dict[str, HostOutcome[T]] = {}

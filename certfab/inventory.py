@@ -118,6 +118,9 @@ class Host:
     certbot: CertbotSettings
     renewal: RenewalSettings
     tls: TlsSettings
+    forward_agent: bool = False
+    jump: str | None = None
+    ssh_fields_set: frozenset[str] = frozenset()
 
     @property
     def domains(self) -> tuple[str, ...]:
@@ -139,11 +142,12 @@ class AcmeSettings:
 
 @dataclass(frozen=True)
 class SshSettings:
-    """How SSH connections are checked and how long they may take."""
+    """How SSH connections are checked, how long they may take, and which OpenSSH client config is read."""
 
     known_hosts: Path
     connect_timeout: float
     command_timeout: float
+    config_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -389,9 +393,14 @@ def _optional_file(r: _Reader, path: FieldPath, value: object) -> Path | None:
 # ---------------------------------------------------------------------------------------------- sections
 
 _TOP_KEYS = ("version", "ssh", "acme", "defaults", "groups", "hosts")
-_SSH_KEYS = ("known_hosts", "connect_timeout", "command_timeout")
+_SSH_KEYS = ("known_hosts", "connect_timeout", "command_timeout", "config_file")
 _ACME_KEYS = ("email", "server", "ca_bundle", "trust_roots", "key_type")
-_SETTING_KEYS = ("user", "port", "key_file", "sudo", "webroot", "certbot", "renewal", "tls")
+_SETTING_KEYS = (
+    "user", "port", "key_file", "forward_agent", "jump", "sudo", "webroot", "certbot", "renewal", "tls",
+)
+# Host settings that ssh_config may also give; the inventory's value wins where the inventory sets one.
+SSH_CONFIG_FIELDS = ("user", "port", "key_file", "jump")
+MIN_CONNECT_TIMEOUT = 1.0
 _HOST_KEYS = ("address", "groups", "sites", *_SETTING_KEYS)
 _SITE_KEYS = ("name", "domains", "root", "upstream")
 _SECTION_KEYS = {
@@ -423,6 +432,8 @@ _SETTING_PARSERS: dict[str, _Parser] = {
     "user": lambda r, p, v: r.check(p, v, validate.user_name),
     "port": lambda r, p, v: _int(r, p, v, 1, 65535),
     "key_file": _optional_file,
+    "forward_agent": _bool,
+    "jump": lambda r, p, v: _jump(r, p, v),
     "sudo": _bool,
     "webroot": lambda r, p, v: r.check(p, v, validate.host_path),
     "certbot.image": lambda r, p, v: r.check(p, v, validate.image_ref),
@@ -442,6 +453,8 @@ _BUILTIN_SETTINGS: dict[str, Any] = {
     "user": "root",
     "port": 22,
     "key_file": None,
+    "forward_agent": False,
+    "jump": None,
     "sudo": False,
     "webroot": "/var/www/letsencrypt",
     "certbot.image": DEFAULT_CERTBOT_IMAGE,
@@ -474,14 +487,69 @@ def _settings(r: _Reader, path: FieldPath, body: Mapping[str, object]) -> dict[s
     return out
 
 
+@dataclass(frozen=True)
+class JumpSpec:
+    """A parsed `jump:` value: an inventory host's name, or `[user@]address[:port]`, or `none`."""
+
+    address: str
+    user: str | None = None
+    port: int | None = None
+
+    @property
+    def direct(self) -> bool:
+        """`none`: connect directly, even if ssh_config names a ProxyJump for the host."""
+        return self.address == "none" and self.user is None and self.port is None
+
+
+_JUMP = re.compile(r"(?:(?P<user>[^@]*)@)?(?:\[(?P<v6>[^\]]*)\]|(?P<host>[^:\[\]]*))(?::(?P<port>[^:]*))?")
+
+
+def parse_jump(value: object) -> JumpSpec:
+    """Parse a jump value like OpenSSH's ProxyJump (one hop); raise validate.Invalid when it is wrong."""
+    if not isinstance(value, str):
+        raise validate.Invalid("is not a jump host (a host name of this inventory, or [user@]address[:port])")
+    match = _JUMP.fullmatch(value.strip())
+    if match is None:
+        raise validate.Invalid("is not [user@]address[:port] (write IPv6 addresses as [address]:port)")
+    user = None if match["user"] is None else validate.user_name(match["user"])
+    address = validate.address(match["v6"] if match["v6"] is not None else match["host"])
+    port = None
+    if match["port"] is not None:
+        if not match["port"].isdigit() or not 1 <= int(match["port"]) <= 65535:
+            raise validate.Invalid("has a port that is not a number in 1-65535")
+        port = int(match["port"])
+    return JumpSpec(address=address, user=user, port=port)
+
+
+def _jump(r: _Reader, path: FieldPath, value: object) -> str | None:
+    """Check a jump host (null: none set here, so ssh_config's ProxyJump may apply)."""
+    if value is None:
+        return None
+    r.check(path, value, parse_jump)
+    assert isinstance(value, str)
+    return value.strip()
+
+
+def _connect_timeout(r: _Reader, path: FieldPath, value: object) -> float:
+    """Seconds to wait for a connection; below one second paramiko and Fabric would treat it as none."""
+    seconds = _seconds(r, path, value)
+    if seconds < MIN_CONNECT_TIMEOUT:
+        r.fail(path, value, f"must be at least {MIN_CONNECT_TIMEOUT:g} second")
+    return seconds
+
+
 def _ssh(r: _Reader, value: object) -> SshSettings:
     """Validate the ssh section."""
     body = _mapping(r, ("ssh",), value, _SSH_KEYS)
     known_hosts = body.get("known_hosts", "~/.ssh/known_hosts")
+    config_file = body.get("config_file", "~/.ssh/config")
     return SshSettings(
         known_hosts=_local_file(r, ("ssh", "known_hosts"), known_hosts, must_exist=False),
-        connect_timeout=_seconds(r, ("ssh", "connect_timeout"), body.get("connect_timeout", 10)),
+        connect_timeout=_connect_timeout(r, ("ssh", "connect_timeout"), body.get("connect_timeout", 10)),
         command_timeout=_seconds(r, ("ssh", "command_timeout"), body.get("command_timeout", 900)),
+        config_file=None if config_file is None else _local_file(
+            r, ("ssh", "config_file"), config_file, must_exist=False
+        ),
     )
 
 
@@ -603,7 +671,9 @@ def _host(r: _Reader, name: str, value: object, defaults: Mapping[str, Any]) -> 
             address = validate.address(name)
         except validate.Invalid as exc:
             r.fail_text(path, f"has no 'address' and its name {name!r} {exc}; set address")
-    merged = {**_BUILTIN_SETTINGS, **defaults, **_settings(r, path, body)}
+    own = _settings(r, path, body)
+    merged = {**_BUILTIN_SETTINGS, **defaults, **own}
+    ssh_fields_set = frozenset(key for key in SSH_CONFIG_FIELDS if key in defaults or key in own)
     if "renewal.admin_email" not in merged:
         r.fail_text(
             path + ("renewal",),
@@ -639,6 +709,9 @@ def _host(r: _Reader, name: str, value: object, defaults: Mapping[str, Any]) -> 
             mail_on_success=merged["renewal.mail_on_success"],
         ),
         tls=tls,
+        forward_agent=merged["forward_agent"],
+        jump=merged["jump"],
+        ssh_fields_set=ssh_fields_set,
     )
     return _RawHost(host, _group_list(r, path + ("groups",), body.get("groups"), validate.group_name))
 
@@ -665,6 +738,23 @@ def _hosts(r: _Reader, top: Mapping[str, object], defaults: Mapping[str, Any]) -
         seen[where] = name
         raw_hosts.append(raw)
     return raw_hosts
+
+
+def _check_jumps(r: _Reader, raw_hosts: Sequence[_RawHost]) -> None:
+    """Refuse a host that is its own jump host, or a loop of inventory hosts jumping through each other."""
+    jumps = {raw.host.name: raw.host.jump for raw in raw_hosts}
+    for raw in raw_hosts:
+        seen = [raw.host.name]
+        hop = raw.host.jump
+        while hop is not None and hop in jumps:
+            if hop in seen:
+                r.fail(
+                    ("hosts", raw.host.name, "jump"),
+                    raw.host.jump,
+                    "jumps in a loop (" + " -> ".join([*seen, hop]) + "); a jump host must be reachable without it",
+                )
+            seen.append(hop)
+            hop = jumps[hop]
 
 
 def _groups(r: _Reader, value: object, raw_hosts: Sequence[_RawHost]) -> dict[str, tuple[str, ...]]:
@@ -714,6 +804,7 @@ def parse_inventory(data: object, path: Path) -> Inventory:
     acme = _acme(r, top)
     defaults = _settings(r, ("defaults",), _mapping(r, ("defaults",), top.get("defaults"), _SETTING_KEYS))
     raw_hosts = _hosts(r, top, defaults)
+    _check_jumps(r, raw_hosts)
     groups = _groups(r, top.get("groups"), raw_hosts)
     hosts = tuple(
         replace(raw.host, groups=tuple(g for g, members in groups.items() if raw.host.name in members))

@@ -27,7 +27,9 @@ from certfab.inventory import (
 REPO = Path(__file__).resolve().parents[2]
 F = "inventory.yaml: "
 DELETE = object()
-HOST_KEYS = "address, groups, sites, user, port, key_file, sudo, webroot, certbot, renewal, tls"
+HOST_KEYS = (
+    "address, groups, sites, user, port, key_file, forward_agent, jump, sudo, webroot, certbot, renewal, tls"
+)
 TOP_KEYS = "version, ssh, acme, defaults, groups, hosts"
 
 
@@ -95,13 +97,13 @@ BAD: list[tuple[tuple[Any, ...], object, str]] = [
     (
         ("ssh",),
         [],
-        F + "ssh: [] is not a mapping (expected keys: known_hosts, connect_timeout, command_timeout)",
+        F + "ssh: [] is not a mapping (expected keys: known_hosts, connect_timeout, command_timeout, config_file)",
     ),
     (
         ("ssh", "conect_timeout"),
         5,
         F + "ssh: 'conect_timeout' is not a known key; did you mean 'connect_timeout'? "
-        "(known keys: known_hosts, connect_timeout, command_timeout)",
+        "(known keys: known_hosts, connect_timeout, command_timeout, config_file)",
     ),
     (
         ("ssh", "known_hosts"),
@@ -113,6 +115,14 @@ BAD: list[tuple[tuple[Any, ...], object, str]] = [
         ("ssh", "connect_timeout"),
         math.inf,
         F + "ssh.connect_timeout: inf is not a number of seconds greater than 0",
+    ),
+    # Below one second Fabric would truncate the timeout to 0, which means no timeout at all.
+    (("ssh", "connect_timeout"), 0.5, F + "ssh.connect_timeout: 0.5 must be at least 1 second"),
+    (("ssh", "connect_timeout"), 0.999, F + "ssh.connect_timeout: 0.999 must be at least 1 second"),
+    (
+        ("ssh", "config_file"),
+        "~/$HOME/ssh_config",
+        F + "ssh.config_file: '~/$HOME/ssh_config' is not a valid file path (character '$' not allowed)",
     ),
     (("ssh", "command_timeout"), "900", F + "ssh.command_timeout: '900' is not a number of seconds"),
     (("ssh", "command_timeout"), False, F + "ssh.command_timeout: False is not a number of seconds"),
@@ -165,8 +175,8 @@ BAD: list[tuple[tuple[Any, ...], object, str]] = [
         ("defaults", "address"),
         "x",
         F
-        + "defaults: 'address' is not a known key (known keys: user, port, key_file, sudo, webroot, certbot, "
-        "renewal, tls)",
+        + "defaults: 'address' is not a known key (known keys: user, port, key_file, forward_agent, jump, sudo, "
+        "webroot, certbot, renewal, tls)",
     ),
     (
         ("defaults", "user"),
@@ -182,6 +192,38 @@ BAD: list[tuple[tuple[Any, ...], object, str]] = [
     (("defaults", "port"), "22", F + "defaults.port: '22' is not an integer (remove the quotes)"),
     (("defaults", "port"), True, F + "defaults.port: True is not an integer (it is a boolean)"),
     (("defaults", "port"), None, F + "defaults.port: None is not an integer"),
+    (
+        ("defaults", "forward_agent"),
+        "yes",
+        F + "defaults.forward_agent: 'yes' is not a boolean (use true or false)",
+    ),
+    (
+        ("hosts", "web1", "forward_agent"),
+        "false",
+        F + "hosts.web1.forward_agent: 'false' is not a boolean (write true or false without quotes)",
+    ),
+    (
+        ("defaults", "jump"),
+        "admin@bastion:22x",
+        F + "defaults.jump: 'admin@bastion:22x' has a port that is not a number in 1-65535",
+    ),
+    (
+        ("hosts", "web1", "jump"),
+        "root;id@bastion",
+        F + "hosts.web1.jump: 'root;id@bastion' is not a valid user name (character ';' not allowed)",
+    ),
+    (
+        ("hosts", "web1", "jump"),
+        "[fe80::1",
+        F + "hosts.web1.jump: '[fe80::1' is not [user@]address[:port] (write IPv6 addresses as [address]:port)",
+    ),
+    (
+        ("hosts", "web1", "jump"),
+        2222,
+        F + "hosts.web1.jump: 2222 is not a jump host (a host name of this inventory, or [user@]address[:port])",
+    ),
+    (("hosts", "web1", "jump"), "web1", F + "hosts.web1.jump: 'web1' jumps in a loop (web1 -> web1); "
+     "a jump host must be reachable without it"),
     (("defaults", "sudo"), "yes", F + "defaults.sudo: 'yes' is not a boolean (use true or false)"),
     (
         ("defaults", "sudo"),
@@ -667,6 +709,7 @@ def test_bad_table_covers_every_field() -> None:
         "ssh.known_hosts",
         "ssh.connect_timeout",
         "ssh.command_timeout",
+        "ssh.config_file",
         "acme.email",
         "acme.server",
         "acme.ca_bundle",
@@ -675,6 +718,8 @@ def test_bad_table_covers_every_field() -> None:
         "defaults.user",
         "defaults.port",
         "defaults.key_file",
+        "defaults.forward_agent",
+        "defaults.jump",
         "defaults.sudo",
         "defaults.webroot",
         "defaults.certbot.image",
@@ -750,6 +795,38 @@ def test_host_overrides_defaults_key_by_key() -> None:
     assert web1.renewal.hour is None  # an explicit null overrides the defaults' 3
     assert (web2.user, web2.tls.profile, web2.renewal.hour) == ("deploy", "old", 3)
     assert web1.renewal.admin_email == "ops@example.com"
+
+
+def test_ssh_fields_set_name_what_the_inventory_gives_so_ssh_config_fills_only_the_rest() -> None:
+    data = base()
+    data["defaults"]["user"] = "deploy"
+    data["hosts"]["web1"].update({"port": 2222, "jump": "admin@[2001:db8::7]:2200", "forward_agent": True})
+    inv = parse(data)
+    web1, web2 = inv.hosts
+    assert web1.ssh_fields_set == frozenset({"user", "port", "jump"})
+    assert (web1.jump, web1.forward_agent) == ("admin@[2001:db8::7]:2200", True)
+    assert web2.ssh_fields_set == frozenset({"user"})
+    assert (web2.jump, web2.forward_agent, web2.port) == (None, False, 22)
+    assert inv.ssh.config_file == Path("~/.ssh/config").expanduser()
+
+
+def test_jump_through_another_inventory_host_and_loops_refused() -> None:
+    data = base()
+    data["hosts"]["web2"]["jump"] = "web1"
+    assert parse(data).host("web2").jump == "web1"
+    data["hosts"]["web1"]["jump"] = "web2"
+    assert error_of(data) == (
+        F + "hosts.web1.jump: 'web2' jumps in a loop (web1 -> web2 -> web1); a jump host must be reachable "
+        "without it"
+    )
+
+
+def test_ssh_config_file_null_reads_none() -> None:
+    data = base()
+    data["ssh"] = {"config_file": None, "connect_timeout": 1}
+    inv = parse(data)
+    assert inv.ssh.config_file is None
+    assert inv.ssh.connect_timeout == 1.0
 
 
 def test_idn_and_normalisation() -> None:
@@ -1061,6 +1138,7 @@ def test_example_inventory_documents_every_field() -> None:
         "known_hosts",
         "connect_timeout",
         "command_timeout",
+        "config_file",
         "email",
         "server",
         "ca_bundle",
@@ -1069,6 +1147,8 @@ def test_example_inventory_documents_every_field() -> None:
         "user",
         "port",
         "key_file",
+        "forward_agent",
+        "jump",
         "sudo",
         "webroot",
         "image",
