@@ -26,7 +26,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
-from certfab.facts import facts_script
+from certfab.facts import FACTS_SCRIPT, facts_context
+from certfab.remote_scripts import render_script
 from certfab.facts_view import facts_text, read_facts
 from certfab.fleet import HostSession, run_fleet, run_on_host
 from certfab.inventory import Inventory, load_inventory
@@ -301,7 +302,7 @@ def test_facts_json_carries_the_same_facts_as_the_text(lab: Lab, hosts: tuple[st
         assert facts_text(item) == host_blocks(as_text.stdout)[name]
 
 
-def test_facts_costs_one_connection_and_one_remote_command_per_host(
+def test_facts_costs_one_connection_and_one_command_per_include_level(
     lab: Lab, hosts: tuple[str, ...], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     inventory = load_inventory(lab.info.inventory)
@@ -311,9 +312,10 @@ def test_facts_costs_one_connection_and_one_remote_command_per_host(
     for outcome in outcomes:
         address = inventory.host(outcome.host).address
         assert not outcome.failed, outcome.error
-        assert outcome.commands == 1
-        assert len(spy.to(address)) == 1, spy.to(address)
-        assert spy.to(address)[0].startswith("exec_command /bin/sh -c ")
+        # The facts with the main file, then the files its includes name (a pristine host's includes
+        # name no further files): every script goes on stdin, nothing of it on the command line.
+        assert outcome.commands == 2
+        assert spy.to(address) == ["exec_command /bin/sh -s"] * 2, spy.to(address)
         assert outcome.value is not None
         assert outcome.value["nginx"]["server_blocks"][0]["server_names"] == [
             f"{outcome.host}.test", f"www.{outcome.host}.test"
@@ -368,7 +370,8 @@ def test_facts_reads_public_certificates_and_never_a_private_key(
         inventory = load_inventory(lab.info.inventory)
 
         def raw(session: HostSession) -> str:
-            return session.remote.check(facts_script(session.host)).stdout
+            script = render_script(FACTS_SCRIPT, nonce="0", **facts_context(session.host))
+            return session.remote.check(script).stdout
 
         [outcome] = run_fleet([inventory.host("web1")], inventory, raw)
         assert outcome.value is not None, outcome.error

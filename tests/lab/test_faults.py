@@ -36,11 +36,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from certfab.facts import facts_script, report_script
+from certfab.facts import FACTS_SCRIPT, REPORT_SCRIPT, facts_context, report_context
 from certfab.inventory import load_inventory
 from certfab.issue import issue_script
 from certfab.lab import Lab, layout, pebble, proc
-from certfab.stamp import probe_script
+from certfab.remote_scripts import render_script
+from certfab.stamp import probe_context
 
 A, B = "web11", "web12"
 LAB_DOMAINS = {A: ("web11.test", "www.web11.test"), B: ("web12.test", "www.web12.test")}
@@ -981,9 +982,9 @@ def test_scripts_sent_to_hosts_name_only_public_files(lab: Lab) -> None:
     host = inventory.host(A)
     now = datetime.now(timezone.utc)
     scripts = {
-        "facts": facts_script(host),
-        "probe": probe_script(host, key="0" * 64, now=now),
-        "report": report_script(),
+        "facts": render_script(FACTS_SCRIPT, nonce="0", **facts_context(host)),
+        "probe": render_script(FACTS_SCRIPT, nonce="0", **probe_context(host, key="0" * 64, now=now)),
+        "report": render_script(REPORT_SCRIPT, nonce="0", **report_context()),
         "issue": issue_script("certfab-test", host, inventory, [(host.sites[0], False)], acme_ca=True),
     }
     for name, script in scripts.items():

@@ -29,7 +29,8 @@ from cryptography.hazmat.primitives import hashes
 from prometheus_client.parser import text_string_to_metric_families
 
 from certfab.expiry import host_records
-from certfab.facts import report_script
+from certfab.facts import REPORT_SCRIPT, report_context
+from certfab.remote_scripts import render_script
 from certfab.fleet import HostSession, run_fleet, run_on_host
 from certfab.inventory import Inventory, load_inventory
 from certfab.issue import container_command
@@ -345,7 +346,7 @@ def test_one_remote_command_per_host(lab: Lab, fleet: tuple[str, ...], inventory
 
 
 def test_remote_command_reads_no_private_key(lab: Lab, fleet: tuple[str, ...], inventory: Inventory) -> None:
-    script = report_script()
+    script = render_script(REPORT_SCRIPT, nonce="0", **report_context())
     assert "privkey" not in script and "/archive" not in script and "PRIVATE" not in script
     assert not re.search(r"\*[^ ;\"']*\.(pem|key)\b", script), "a glob that could match keys"
     assert not re.search(r"/(etc/letsencrypt|live)/\*(?!/)", script), "a glob over whole lineage dirs"

@@ -18,9 +18,10 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from certfab.bootstrap import BootstrapResult
-from certfab.facts import MARK, parse_facts
+from certfab.facts import parse_facts
 from certfab.fleet import HostOutcome, Progress, Stop, ctrl_c_stops, run_fleet
 from certfab.inventory import Inventory, Site, load_inventory
+from certfab.protocol import Frame, Reply
 from certfab.recap import host_status, recap_rows, write_run_log
 from certfab.stamp import (
     MAX_TRUST,
@@ -76,10 +77,13 @@ def certificate(names: list[str], not_before: datetime, not_after: datetime) -> 
     return cert.public_bytes(Encoding.PEM).decode()
 
 
-def facts_with_certs(certs: dict[str, str]) -> str:
-    """Facts output holding only these lineages."""
-    return "".join(f"\n{MARK} cert {name}@@\n{base64.b64encode(pem.encode()).decode()}\n"
-                   for name, pem in certs.items())
+def facts_with_certs(certs: dict[str, str], *extra: Frame) -> Reply:
+    """A facts answer holding only these lineages (and any extra frames)."""
+    frames = [Frame("cert", name, pem.encode()) for name, pem in certs.items()]
+    return Reply(0, (*extra, *frames, Frame("done", "", b"")))
+
+
+NO_FACTS = Reply(0, ())
 
 
 # --------------------------------------------------------------------------- fleet
@@ -171,30 +175,31 @@ def test_run_logs_of_the_same_second_do_not_overwrite_each_other(tmp_path: Path)
 
 def test_probe_answer_unchanged_carries_the_warnings() -> None:
     warning = "alpha: another renewal job would compete: /etc/cron.d/certbot"
-    output = f"certfab-unchanged\nwarn {base64.b64encode(warning.encode()).decode()}\n"
-    assert parse_probe("alpha", output) == Unchanged((warning,))
+    reply = Reply(0, (Frame("unchanged", "", b""), Frame("warn", "", base64.b64encode(warning.encode()))))
+    assert parse_probe("alpha", reply) == Unchanged((warning,))
 
 
 def test_probe_answer_with_facts_gives_the_state_and_watched_paths() -> None:
     pem = certificate(["shop.example.com"], NOW - timedelta(days=1), NOW + timedelta(days=89))
-    output = "certfab-state 0123456789abcdef0123456789abcdef 2\n/srv/nginx\n/srv/nginx/shop.conf\n"
-    output += facts_with_certs({"shop": pem})
-    observed = parse_probe("alpha", output)
+    reply = facts_with_certs({"shop": pem}, Frame("watch", "", b"/srv/nginx"),
+                             Frame("watch", "", b"/srv/nginx/shop.conf"),
+                             Frame("state", "", b"0123456789abcdef0123456789abcdef"))
+    observed = parse_probe("alpha", reply)
     assert isinstance(observed, Observed)
     assert observed.state == "0123456789abcdef0123456789abcdef"
     assert observed.watch == ("/srv/nginx", "/srv/nginx/shop.conf")
     assert list(observed.facts.lineages) == ["shop"]
 
 
-@pytest.mark.parametrize("first_line", ["certfab-state  0", "certfab-state nothex 0", "garbage",
-                                        "certfab-state d41d8cd98f00b204e9800998ecf8427e 0"])
-def test_probe_answer_without_a_usable_state_is_never_stamped(first_line: str) -> None:
-    observed = parse_probe("alpha", first_line + "\n" + facts_with_certs({}))
+@pytest.mark.parametrize("state", [b"", b"nothex", b"garbage\n0123456789abcdef0123456789abcdef",
+                                   b"d41d8cd98f00b204e9800998ecf8427e"])
+def test_probe_answer_without_a_usable_state_is_never_stamped(state: bytes) -> None:
+    observed = parse_probe("alpha", facts_with_certs({}, Frame("state", "", state)))
     assert isinstance(observed, Observed) and observed.state == ""
 
 
 def test_stamp_text_lists_key_state_recheck_warnings_and_paths() -> None:
-    observed = Observed(parse_facts("alpha", ""), "0123456789abcdef0123456789abcdef", ("/srv/a b.conf",))
+    observed = Observed(parse_facts("alpha", NO_FACTS), "0123456789abcdef0123456789abcdef", ("/srv/a b.conf",))
     text = stamp_text(key="k" * 64, observed=observed, recheck=NOW, warnings=["w;1"])
     assert text.splitlines() == [
         STAMP_VERSION,
@@ -216,7 +221,7 @@ def test_recheck_is_when_a_certificate_would_be_renewed(inventory: Inventory) ->
     # A fresh certificate is trusted for at most MAX_TRUST; a missing one not at all.
     fresh = certificate(names, NOW, NOW + timedelta(days=90))
     assert recheck_time(host, parse_facts("alpha", facts_with_certs({"shop": fresh})), NOW) == NOW + MAX_TRUST
-    assert recheck_time(host, parse_facts("alpha", ""), NOW) == NOW
+    assert recheck_time(host, parse_facts("alpha", NO_FACTS), NOW) == NOW
 
 
 def test_input_key_follows_what_shapes_the_desired_state(inventory: Inventory) -> None:
