@@ -19,6 +19,7 @@ from rich.text import Text
 from certfab.errors import CertfabError
 from certfab.fleet import HostOutcome, Progress
 from certfab.inventory import Host, Inventory, load_inventory
+from certfab.textsafe import for_terminal
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -35,7 +36,7 @@ stderr = _console(True)
 
 def print_error(message: str) -> None:
     """Print `error: MESSAGE` on stderr as one line: never folded, brackets in it shown as they are."""
-    stderr.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, highlight=False, emoji=False)
+    stderr.print(f"[bold red]error:[/] {escape(for_terminal(message))}", soft_wrap=True, highlight=False, emoji=False)
 
 
 class OptionError(CertfabError):

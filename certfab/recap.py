@@ -12,6 +12,8 @@ from rich.table import Table
 
 from certfab.bootstrap import BootstrapResult
 from certfab.fleet import HostOutcome
+from certfab.reports_out import tighten_private_files, write_new_text
+from certfab.textsafe import for_terminal
 
 
 def host_status(outcome: HostOutcome[BootstrapResult]) -> str:
@@ -62,23 +64,20 @@ def recap_table(rows: list[dict[str, Any]], title: str) -> Table:
             details = "no change"
         status = row["status"]
         # Host output such as nginx's "[emerg]" must show as it is, not be read as markup.
-        table.add_row(row["host"], f"[{colours.get(status, 'white')}]{status}[/]", escape(certs), escape(details))
+        table.add_row(row["host"], f"[{colours.get(status, 'white')}]{status}[/]", escape(for_terminal(certs)),
+                      escape(for_terminal(details)))
     return table
 
 
 def write_run_log(rows: list[dict[str, Any]], kind: str, directory: Path = Path("reports"),
                   meta: dict[str, Any] | None = None) -> Path:
-    """Keep a JSON log of the run under reports/ (never overwriting another run's log)."""
-    directory.mkdir(parents=True, exist_ok=True)
+    """Keep a JSON log of the run under reports/ (mode 0600, never overwriting another run's log)."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     document = {"kind": kind, "time": stamp, **(meta or {}), "hosts": rows}
     text = json.dumps(document, indent=2) + "\n"
     for attempt in range(1000):
         path = directory / (f"{kind}-{stamp}.json" if attempt == 0 else f"{kind}-{stamp}-{attempt}.json")
-        try:
-            with open(path, "x", encoding="utf-8") as handle:
-                handle.write(text)
-        except FileExistsError:
-            continue
-        return path
+        if write_new_text(path, text):
+            tighten_private_files(directory)
+            return path
     raise OSError(f"{directory}: cannot create a new run log for {kind}-{stamp}")

@@ -6,6 +6,7 @@ import json
 import sys
 
 from invoke import Context, task
+from rich.markup import escape
 
 from certfab.bootstrap import BootstrapResult, bootstrap_host, read_acme_ca
 from certfab.cli import (
@@ -41,6 +42,7 @@ from certfab.report import (
     exit_code as report_exit_code,
 )
 from certfab.reports_out import save_report, send_digest, write_text
+from certfab.textsafe import for_terminal
 
 __all__ = ["bootstrap", "deploy_all", "facts", "plan", "renew_now", "report_expiry"]
 
@@ -85,7 +87,7 @@ def facts(c: Context, inventory: str | None = None, limit: str | None = None, ac
     else:
         for outcome in outcomes:
             if outcome.value is not None:
-                sys.stdout.write(facts_text(outcome.value) + "\n")
+                sys.stdout.write(for_terminal(facts_text(outcome.value)) + "\n")
     sys.stdout.flush()
     failed = [o for o in outcomes if o.failed]
     for outcome in failed:
@@ -130,12 +132,14 @@ def _bootstrap_fleet(c: Context, hosts: tuple[Host, ...], inv: Inventory, *, che
             # Raw text: a console would expand tabs and fold long lines, and the diffs would not apply.
             for outcome in outcomes:
                 if outcome.value is not None:
-                    sys.stdout.write("".join(outcome.value.diffs))
-                    sys.stdout.writelines(f"{outcome.host}: {r}\n" for r in outcome.value.requests)
+                    diffs = "".join(outcome.value.diffs)
+                    # Byte-exact into a file or pipe (the diffs apply); control characters shown on a terminal.
+                    sys.stdout.write(for_terminal(diffs) if sys.stdout.isatty() else diffs)
+                    sys.stdout.writelines(f"{outcome.host}: {for_terminal(r)}\n" for r in outcome.value.requests)
             sys.stdout.flush()
         for outcome in outcomes:
             for warning in (outcome.value.warnings if outcome.value else []):
-                stderr.print(f"[yellow]warning:[/] {warning}", highlight=False)
+                stderr.print(f"[yellow]warning:[/] {escape(for_terminal(warning))}", highlight=False, emoji=False)
         stdout.print(recap_table(rows, f"{title} recap"))
     stderr.print(f"run log: {log}", markup=False, highlight=False, soft_wrap=True)
     # A refused host key or option (2) outranks a failed host (1), as the README's exit table says.

@@ -16,6 +16,7 @@ from certfab import includes
 from certfab.protocol import Frame, ProtocolError, encode_frame, parse_frames
 from certfab.remote_scripts import render_script, run_local
 from certfab.templating import UnsafeValueError
+from certfab.textsafe import for_terminal
 
 NONCE = "0123456789abcdef"
 KEY = b"-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n-----END PRIVATE KEY-----\n"
@@ -213,3 +214,17 @@ def test_relative_includes_resolve_against_the_main_files_directory() -> None:
     expanded = {"/opt/nginx/conf/vhosts/*.conf": ("/opt/nginx/conf/vhosts/a.conf",)}
     found = includes.scan(files, "/opt/nginx/conf/nginx.conf", "/opt/nginx/conf", expanded)
     assert found.patterns == ("/opt/extra.conf",) or found.patterns == ("/opt/nginx/extra.conf",)
+
+
+# --------------------------------------------------------------------------- host text on a terminal
+
+
+@pytest.mark.parametrize("raw, shown", [
+    ("# \x1b[2K\x1b[1Ahidden\n", "# \\x1b[2K\\x1b[1Ahidden\n"),
+    ("ok\rfake line", "ok\\rfake line"),
+    ("bell\x07 del\x7f c1\x9b", "bell\\x07 del\\x7f c1\\x9b"),
+    ("rtl \u202eevil", "rtl \\u202eevil"),
+    ("tabs\tand\nnewlines stay, ünïcode too", "tabs\tand\nnewlines stay, ünïcode too"),
+])
+def test_control_characters_from_hosts_are_shown_not_obeyed(raw: str, shown: str) -> None:
+    assert for_terminal(raw) == shown
