@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import re
@@ -28,8 +29,11 @@ RENEWAL_CONF = f"/etc/letsencrypt/renewal/{SITE}.conf"
 BROKEN_CONF = "/etc/nginx/conf.d/zz-certfab-test-broken.conf"
 BLOCK_CA = "OUTPUT -d 10.77.0.1 -p tcp --dport 14000 -j REJECT"
 TEST_CRON = "/etc/cron.d/certfab-test"
-# What a renewal run may leave in certfab's state directory (besides what bootstrap put there).
-RUN_STATE = {"status.json", "renew.lock", "hook"}
+LOCK = "/var/lib/certfab/renew.lock"
+HOOK_MARKER = "/var/lib/certfab/hook/renewed"
+# What a renewal run may leave in certfab's state directory (besides what bootstrap put there);
+# "pending" lists renewals whose reload is still owed.
+RUN_STATE = {"status.json", "renew.lock", "hook", "pending"}
 
 
 # --- helpers ----------------------------------------------------------------------------------------
@@ -140,6 +144,31 @@ def cron_lines(lab: Lab) -> list[str]:
     out = sh(lab, "grep -rs certfab-renew /etc/cron.d /etc/crontab /var/spool/cron/crontabs; "
                   "crontab -l -u root 2>/dev/null | sed 's#^#root-crontab:#'; true")
     return [line for line in out.splitlines() if "certfab-renew" in line and not line.split(":", 1)[1].lstrip().startswith("#")]
+
+
+@contextlib.contextmanager
+def holding_the_lock(lab: Lab) -> Iterator[None]:
+    """A process on the host (not a certfab-renew run) holds the renewal lock meanwhile."""
+    holder = sh(lab, f"setsid sh -c 'exec 9>>{LOCK}; flock 9; exec sleep 120' "
+                     ">/dev/null 2>&1 </dev/null & echo $!").strip()
+    try:
+        deadline = time.monotonic() + 10
+        while lab.host_exec(HOST, f"flock -n {LOCK} true", check=False).returncode == 0:
+            assert time.monotonic() < deadline, "the test could not take the renewal lock"
+            time.sleep(0.1)
+        yield
+    finally:
+        sh(lab, f"kill {int(holder)}", check=False)
+
+
+def host_time(lab: Lab) -> datetime.datetime:
+    """The host's clock."""
+    return datetime.datetime.fromtimestamp(int(sh(lab, "date +%s")), datetime.UTC)
+
+
+def status_time(st: dict[str, object]) -> datetime.datetime:
+    """When the run that wrote a status ran."""
+    return datetime.datetime.strptime(str(st["time"]), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
 
 
 # --- fixtures ---------------------------------------------------------------------------------------
@@ -332,21 +361,69 @@ def test_unreachable_ca_fails_loudly(lab: Lab, host: str, due: None) -> None:
 
 def test_renew_now_while_another_run_holds_the_lock(lab: Lab, host: str) -> None:
     before = status(lab)
-    holder = sh(lab, "setsid sh -c 'exec 9>>/var/lib/certfab/renew.lock; flock 9; exec sleep 120' "
-                     ">/dev/null 2>&1 </dev/null & echo $!").strip()
-    try:
-        deadline = time.monotonic() + 10
-        while lab.host_exec(HOST, "flock -n /var/lib/certfab/renew.lock true", check=False).returncode == 0:
-            assert time.monotonic() < deadline, "the test could not take the renewal lock"
-            time.sleep(0.1)
+    with holding_the_lock(lab):
         result = certfab_cli(lab, "fab", "-H", HOST, "renew-now")
-    finally:
-        sh(lab, f"kill {int(holder)}", check=False)
     # Not the previous run's result: this run did nothing and says so.
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"{HOST}: busy (renewed: nothing" in result.stdout
     assert "another renewal run holds the lock" in result.stdout
-    assert status(lab) == before
+    st = status(lab)
+    assert st["result"] == "busy" and st["time"] != before["time"], st
+
+
+def test_a_run_that_finds_the_lock_held_records_busy(lab: Lab, host: str, due: None) -> None:
+    old = disk_serial(lab)
+    before = status(lab)
+    mails_before = message_ids(host_mails(lab))
+    started = host_time(lab).replace(microsecond=0)
+    with holding_the_lock(lab):
+        code, stderr = run_script(lab)
+        st = status(lab)
+    assert code == 0, stderr
+    assert st["result"] == "busy", st
+    assert st["time"] != before["time"] and status_time(st) >= started
+    assert st["holder"] is None  # a plain flock, not a certfab-renew run
+    assert st["renewed"] == [] and st["nginx_test"] == "skipped" and st["reload"] == "skipped"
+    assert "another renewal run holds the lock" in str(st["message"])
+    assert disk_serial(lab) == old, "certbot ran although the lock was held"
+    assert sh(lab, f"stat -c %a {STATUS}").strip() == "600"
+    time.sleep(1)
+    assert new_mails(lab, mails_before, 0) == []
+    # Once the lock is free the next run renews as usual.
+    code, stderr = run_script(lab)
+    assert code == 0, stderr
+    assert status(lab)["result"] == "renewed"
+    assert served_after_reload(lab, disk_serial(lab)) == disk_serial(lab)
+
+
+def test_renewal_the_deploy_hook_could_not_record_is_reloaded_and_reported(lab: Lab, host: str, due: None) -> None:
+    old = served_serial(lab)
+    mails_before = message_ids(host_mails(lab))
+    # The hook appends to a file; a directory in its place makes it fail inside the container.
+    sh(lab, f"rm -f {HOOK_MARKER} && mkdir {HOOK_MARKER}")
+    files_before = snapshot(lab)
+    try:
+        code, stderr = run_script(lab)
+        hook_left = sh(lab, f"find {HOOK_MARKER} -mindepth 1 | wc -l").strip()
+    finally:
+        sh(lab, f"rm -rf {HOOK_MARKER}")
+
+    assert hook_left == "0", "the hook wrote although its marker was a directory"
+    new = disk_serial(lab)
+    assert new != old, "the certificate was not renewed"
+    assert served_after_reload(lab, new) == new, "nginx was not reloaded for the unrecorded renewal"
+    st = status(lab)
+    assert code == 0, (stderr, st)
+    assert st["result"] == "renewed", st
+    assert st["renewed"] == [SITE] and st["hook_missed"] == [SITE]
+    assert st["nginx_test"] == "ok" and st["reload"] == "ok"
+    assert sh(lab, f"stat -c %a {STATUS}").strip() == "600"
+    [mail] = new_mails(lab, mails_before, 1)
+    assert mail["Subject"] == f"[certfab] {HOST}: renewal OK"
+    text = body(mail)
+    assert f"Renewed certificates: {SITE}" in text
+    assert f"Not recorded by the deploy hook (found by comparing certificates): {SITE}" in text
+    assert_no_leftovers(lab, files_before)
 
 
 def test_one_cron_entry_after_two_bootstraps(lab: Lab, host: str) -> None:
