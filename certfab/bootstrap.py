@@ -22,7 +22,7 @@ from certfab.errors import ApplyError, CertfabError, ConnectError, PreflightErro
 from certfab.facts import HostFacts, gather
 from certfab.fleet import HostSession
 from certfab.hostlock import HostLock
-from certfab.issue import issue_script, parse_issue_output
+from certfab.issue import issue_context, parse_issue_reply
 from certfab.nginxconf import NginxConfError
 from certfab.remote import Remote
 from certfab.stamp import Unchanged, input_key, read_host, stamp_if_converged, write_stamp
@@ -30,10 +30,14 @@ from certfab.transaction import (
     EXIT_NGINX_TEST_FAILED,
     EXIT_RELOAD_FAILED,
     EXIT_STAGE_FAILED,
+    EXIT_UNSAFE_DIR,
+    ChangedOnHostError,
     FileWrite,
-    apply_script,
-    commit_script,
-    rollback_script,
+    apply_context,
+    commit_context,
+    expect_as_read,
+    rollback_context,
+    shown,
 )
 from certfab.verify import verify_site
 
@@ -104,6 +108,9 @@ class HostRun:
         self.run_id = new_run_id()
         self.lock: HostLock | None = None
         self.journal_open = False
+        # Transactions in this run's open journal, and the files they already backed up.
+        self.transactions = 0
+        self.journaled: set[str] = set()
         self.result = BootstrapResult(session.host.name)
 
     def take_lock(self) -> None:
@@ -118,11 +125,15 @@ class HostRun:
             self.lock = None
 
     def recover(self, facts: HostFacts) -> HostFacts:
-        """Roll back what an interrupted run left half-done, before anything else."""
+        """Finish or roll back what an interrupted run left half-done, before anything else."""
         self.take_lock()
         self.session.step("rolling back an unfinished run")
-        self.remote.check(rollback_script(), what="rolling back an unfinished run")
-        self.result.changes.append("rolled back an unfinished earlier run")
+        reply = self.remote.check_script("rollback.sh.j2", what="rolling back an unfinished run",
+                                         context=rollback_context())
+        if reply.has("committed"):
+            self.result.changes.append("finished the commit of an unfinished earlier run")
+        else:
+            self.result.changes.append("rolled back an unfinished earlier run")
         return gather(self.remote)
 
     def apply(self, writes: list[FileWrite], what: str) -> None:
@@ -133,36 +144,56 @@ class HostRun:
         """
         self.session.step(what)
         extend = self.journal_open
+        context = apply_context(self.run_id, writes, extend=extend, tx=self.transactions if extend else 0,
+                                journaled=self.journaled)
         try:
-            result = self.remote.run(apply_script(self.run_id, writes, extend=extend), what=what)
+            reply = self.remote.script("apply.sh.j2", what=what, context=context)
         except ConnectError as exc:
             raise ConnectError(f"{exc}; the next run rolls back the open transaction first") from None
-        if result.ok and "certfab-applied" in result.stdout:
+        if reply.ok and reply.has("applied"):
             self.journal_open = True
+            self.transactions += 1
+            self.journaled |= {w.path for w in writes}
             return
+        changed = reply.get("changed")
+        if changed is not None:
+            kept = ""
+            if extend:
+                self._undo_open_journal()
+                kept = "; this run's earlier changes were rolled back"
+            raise ChangedOnHostError(f"{self.host.name}: {shown(changed.arg)} changed since its facts were read; "
+                                     f"nothing was written{kept}")
         if extend:
             # The earlier transaction of this run is still open: undo it too, whatever failed.
-            self.remote.check(rollback_script(), what="rolling back")
-            self.journal_open = False
-        detail = " ".join((result.stderr.strip() or result.stdout.strip()).split())[:400] or "no output"
-        if result.exited == EXIT_NGINX_TEST_FAILED:
+            self._undo_open_journal()
+        detail = " ".join((reply.text("nginx-test-failed") or reply.text("reload-failed")
+                           or reply.last_error_line()).split())[:400] or "no output"
+        if reply.exited == EXIT_NGINX_TEST_FAILED:
             raise ApplyError(f"{self.host.name}: nginx -t failed after {what}: {detail}; "
                              "every file was restored, nginx still runs the old configuration")
-        if result.exited == EXIT_RELOAD_FAILED:
+        if reply.exited == EXIT_RELOAD_FAILED:
             raise ApplyError(f"{self.host.name}: nginx reload failed after {what}: {detail}; every file was restored")
-        if result.exited == EXIT_STAGE_FAILED:
-            raise ApplyError(f"{self.host.name}: {what}: {detail}; nothing was changed")
-        raise ApplyError(f"{self.host.name}: {what} failed (exit {result.exited}): {detail}")
+        if reply.exited in (EXIT_STAGE_FAILED, EXIT_UNSAFE_DIR):
+            raise ApplyError(f"{self.host.name}: {what}: {detail}" + ("" if "nothing was" in detail or "restored" in detail
+                                                                     else "; nothing was changed"))
+        raise ApplyError(f"{self.host.name}: {what} failed (exit {reply.exited}): {detail}")
+
+    def _undo_open_journal(self) -> None:
+        self.remote.check_script("rollback.sh.j2", what="rolling back", context=rollback_context())
+        self.journal_open = False
+        self.transactions = 0
+        self.journaled = set()
 
     def commit(self) -> None:
         if self.journal_open:
-            self.remote.check(commit_script(self.run_id), what="committing")
+            self.remote.check_script("commit.sh.j2", what="committing", context=commit_context(self.run_id))
             self.journal_open = False
+            self.transactions = 0
+            self.journaled = set()
 
     def rollback(self, reason: str) -> None:
         self.session.step("rolling back")
-        self.remote.check(rollback_script(), what="rolling back")
-        self.journal_open = False
+        self._undo_open_journal()
         raise ApplyError(f"{self.host.name}: {reason}; every file was restored and nginx reloaded on the old config")
 
     def verify(self, sites: list[str], expected: dict[str, str]) -> list[str]:
@@ -227,7 +258,7 @@ def bootstrap_host(session: HostSession, *, check: bool, acme_ca_pem: str | None
         all_sites = frozenset(s.name for s in host.sites)
         try:
             desired_a = desired_state(host, session.inventory, facts, https_sites=ready, acme_ca_pem=acme_ca_pem)
-            writes_a = changed_writes(desired_a, facts)
+            writes_a = expect_as_read(changed_writes(desired_a, facts), before)
             facts_a = updated_facts_files(facts, writes_a)
             # Every edit up to full HTTPS must be possible before a file is written or a certificate ordered.
             desired_full = desired_state(host, session.inventory, facts_a, https_sites=all_sites,
@@ -271,11 +302,11 @@ def bootstrap_host(session: HostSession, *, check: bool, acme_ca_pem: str | None
 
         session.step(f"requesting {len(orders)} certificate(s)")
         forced = [(s, decisions[s.name].action == "renew") for s in orders]
-        issue_run = session.remote.run(
-            issue_script(run.run_id, host, session.inventory, forced, acme_ca=acme_ca_pem is not None),
-            what="requesting certificates",
+        issue_reply = session.remote.script(
+            "issue.sh.j2", what="requesting certificates",
+            context=issue_context(run.run_id, host, session.inventory, forced, acme_ca=acme_ca_pem is not None),
         )
-        issued = parse_issue_output(issue_run.stdout)
+        issued = parse_issue_reply(issue_reply)
         if not issued.issued:
             # Nothing to switch to HTTPS: keep the ACME plumbing, so the challenge path can be examined.
             run.commit()
@@ -288,13 +319,15 @@ def bootstrap_host(session: HostSession, *, check: bool, acme_ca_pem: str | None
         for name in issued.issued:
             result.certificates[name] = "issued"
             result.changes.append(f"issued certificate {name} ({decisions[name].reason})")
-        if not issue_run.ok and not issued.issued:
-            detail = "; ".join(issued.certbot_failures) or " ".join(issue_run.stdout.split())[-300:]
+        if issue_reply.exited == EXIT_UNSAFE_DIR:
+            raise ApplyError(f"{host.name}: {issue_reply.last_error_line()}")
+        if not issue_reply.ok and not issued.issued:
+            detail = "; ".join(issued.certbot_failures) or " ".join(issue_reply.last_error_line().split())[-300:]
             raise ApplyError(f"{host.name}: certbot failed: {detail}")
 
         https_now = ready | frozenset(issued.issued)
         desired_b = desired_state(host, session.inventory, facts_a, https_sites=https_now, acme_ca_pem=acme_ca_pem)
-        writes_b = changed_writes(desired_b, facts_a)
+        writes_b = expect_as_read(changed_writes(desired_b, facts_a), current_files(facts_a))
         if writes_b:
             try:
                 run.switch(writes_b, sorted(https_now), expected_fingerprints(facts, issued.issued),

@@ -1,15 +1,14 @@
-"""The HTTP-01 self-test and certbot runs in a container, as one remote script (pure rendering)."""
+"""The HTTP-01 self-test and certbot runs in a container, as one remote script (templates/remote/issue.sh.j2)."""
 
 from __future__ import annotations
 
-import base64
 import re
-import shlex
 from dataclasses import dataclass
 
 from certfab.inventory import Host, Inventory, Site
-from certfab.paths import ACME_CA
-from certfab.transaction import PREAMBLE, lock_check
+from certfab.paths import ACME_CA, LETSENCRYPT_LIVE
+from certfab.protocol import Reply
+from certfab.transaction import EXITS, ancestors, lock_context
 
 EXIT_SELFTEST_FAILED = 30
 EXIT_IMAGE_MISSING = 31
@@ -46,77 +45,30 @@ def certonly_args(site: Site, host: Host, inventory: Inventory, *, force: bool) 
     return args
 
 
-SELFTEST = r"""
-fetch() {
-    if command -v curl >/dev/null 2>&1; then curl -sS -m 10 -o - "$1" 2>&1
-    elif command -v wget >/dev/null 2>&1; then wget -q -T 10 -O - "$1" 2>&1
-    elif command -v python3 >/dev/null 2>&1; then
-        python3 -c 'import sys,urllib.request;print(urllib.request.urlopen(sys.argv[1],timeout=10).read().decode(),end="")' "$1" 2>&1 | tail -n 1
-    else echo "no curl, wget or python3 on the host"; fi
-}
-# nginx applies a reload asynchronously (old workers answer for a moment, longer on big configurations):
-# a wrong answer is retried, within one shared budget of about 5 s so that real failures stay quick.
-retries=10
-probe_until() {
-    while :; do
-        got=$(fetch "$1" | head -c 300 | tr -cd '\40-\176')
-        [ "$got" = "$2" ] && return 0
-        [ "$retries" -gt 0 ] || return 1
-        retries=$((retries - 1))
-        sleep 0.5 2>/dev/null || sleep 1
-    done
-}
-"""
+def issue_context(run_id: str, host: Host, inventory: Inventory, orders: list[tuple[Site, bool]],
+                  *, acme_ca: bool) -> dict[str, object]:
+    """What templates/remote/issue.sh.j2 needs: self-test every domain, then one certbot run per order.
 
-
-def issue_script(run_id: str, host: Host, inventory: Inventory, orders: list[tuple[Site, bool]],
-                 *, acme_ca: bool) -> str:
-    """Self-test HTTP-01 for every domain, then run certbot for each order; print the new certificates.
-
-    No order is made unless every domain passes the self-test (failed validations count against
-    the CA's rate limits).
+    It answers with an `issued` frame (argument: the site, body: the new cert.pem) per certificate,
+    `selftest-failed` (domain; what the probe got), `certbot-failed` (site; the tail of certbot's
+    output) or `image-missing` (the pull's last line).
     """
-    runtime = shlex.quote(host.certbot.runtime)
-    image = shlex.quote(host.certbot.image)
-    challenge_dir = f"{host.webroot}/.well-known/acme-challenge"
-    lines = [PREAMBLE, lock_check(run_id), SELFTEST]
-    lines.append(
-        f"if ! {runtime} image inspect {image} >/dev/null 2>&1; then "
-        f"if ! out=$({runtime} pull {image} 2>&1); then echo \"IMAGE-MISSING $(echo \"$out\" | tail -n 1)\"; "
-        f"exit {EXIT_IMAGE_MISSING}; fi; fi"
-    )
-    lines.append(f"mkdir -p {shlex.quote(challenge_dir)} /etc/letsencrypt /var/lib/letsencrypt /var/log/letsencrypt")
-    lines.append(f"chmod 0755 {shlex.quote(host.webroot)} {shlex.quote(host.webroot + '/.well-known')} "
-                 f"{shlex.quote(challenge_dir)}")
-    lines.append("token=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n')")
-    lines.append(f"probe={shlex.quote(challenge_dir)}/certfab-selftest-$token")
-    lines.append("printf '%s' \"$token\" > \"$probe\"; chmod 0644 \"$probe\"")
-    lines.append("failed=0")
-    for site, _force in orders:
-        for domain in site.domains:
-            url = f"http://{domain}/.well-known/acme-challenge/certfab-selftest-"
-            lines.append(
-                f"if ! probe_until {shlex.quote(url)}\"$token\" \"$token\"; then "
-                f"echo \"SELFTEST-FAILED {domain} ${{got:-empty answer}}\"; failed=1; fi"
-            )
-    lines.append("rm -f \"$probe\"")
-    lines.append(f"[ \"$failed\" = 0 ] || exit {EXIT_SELFTEST_FAILED}")
-    base = " ".join(shlex.quote(a) for a in container_command(host, acme_ca=acme_ca))
-    lines.append("status=0")
-    for site, force in orders:
-        args = " ".join(shlex.quote(a) for a in certonly_args(site, host, inventory, force=force))
-        cert = shlex.quote(f"/etc/letsencrypt/live/{site.name}/cert.pem")
-        lines.append(
-            f"if out=$({base} {args} 2>&1); then echo \"ISSUED {site.name}\"; "
-            f"printf 'CERT {site.name} '; base64 -w0 {cert}; echo; "
-            # certbot lists each failed domain as Domain/Type/Detail lines: pass those on, then its last lines.
-            f"else printf '%s\\n' \"$out\" | tr -cd '\\11\\12\\40-\\176' | "
-            f"sed -n -E 's/^ *(Domain|Type|Detail): *(.*)$/CERTBOT-PROBLEM {site.name} \\1 \\2/p'; "
-            f"echo \"CERTBOT-FAILED {site.name} $(printf '%s' \"$out\" | tr -cd '\\11\\12\\40-\\176' | "
-            "grep -v '^ *$' | tail -n 4 | tr '\\n' ' ')\"; status=1; fi"
-        )
-    lines.append(f"[ \"$status\" = 0 ] || exit {EXIT_CERTBOT_FAILED}")
-    return "\n".join(lines) + "\n"
+    base = container_command(host, acme_ca=acme_ca)
+    return {
+        **lock_context(run_id),
+        "exits": {**EXITS, "image_missing": EXIT_IMAGE_MISSING, "selftest": EXIT_SELFTEST_FAILED,
+                  "certbot": EXIT_CERTBOT_FAILED},
+        "runtime": host.certbot.runtime,
+        "image": host.certbot.image,
+        "webroot": host.webroot,
+        "webroot_parents": ancestors(host.webroot),
+        "domains": [domain for site, _force in orders for domain in site.domains],
+        "orders": [
+            {"site": site.name, "cert": f"{LETSENCRYPT_LIVE}/{site.name}/cert.pem",
+             "command": base + certonly_args(site, host, inventory, force=force)}
+            for site, force in orders
+        ],
+    }
 
 
 @dataclass(frozen=True)
@@ -129,40 +81,44 @@ class IssueResult:
     image_missing: str | None
 
 
-def _problem_text(problems: list[dict[str, str]]) -> str:
-    """certbot's per-domain validation problems as one line: `domain (type): detail; ...`."""
-    parts = []
-    for problem in problems:
-        kind = f" ({problem['Type']})" if problem.get("Type") else ""
-        parts.append(f"{problem.get('Domain', '?')}{kind}: {problem.get('Detail', 'no detail')}")
-    return "the CA could not validate " + "; ".join(parts)
+_PROBLEM = re.compile(r"^ *(Domain|Type|Detail): *(.*)$")
 
 
-def parse_issue_output(output: str) -> IssueResult:
-    issued: dict[str, str] = {}
-    selftest: list[str] = []
-    certbot: list[str] = []
-    image: str | None = None
-    problems: dict[str, list[dict[str, str]]] = {}
-    for line in output.splitlines():
-        if line.startswith("CERTBOT-PROBLEM "):
-            name, key, value = (line.removeprefix("CERTBOT-PROBLEM ").split(" ", 2) + ["", ""])[:3]
-            site_problems = problems.setdefault(name, [])
-            if key == "Domain" or not site_problems:
-                site_problems.append({})
-            site_problems[-1][key] = value.strip()
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else " " for c in text)
+
+
+def certbot_failure(site: str, output: str) -> str:
+    """One line for a failed certbot run: its per-domain validation problems, else its last lines."""
+    problems: list[dict[str, str]] = []
+    lines = [_printable(line) for line in output.splitlines()]
+    for line in lines:
+        match = _PROBLEM.match(line)
+        if match is None:
             continue
-        if line.startswith("CERT "):
-            _, name, b64 = (line.split(" ", 2) + [""])[:3]
-            issued[name] = base64.b64decode(b64.strip() or b"").decode("ascii", errors="replace")
-        elif line.startswith("SELFTEST-FAILED "):
-            domain, _, got = line.removeprefix("SELFTEST-FAILED ").partition(" ")
-            selftest.append(f"{domain}: the challenge probe over http://{domain}/ got {got.strip()!r}")
-        elif line.startswith("CERTBOT-FAILED "):
-            name, _, detail = line.removeprefix("CERTBOT-FAILED ").partition(" ")
-            if name in problems:
-                detail = _problem_text(problems[name])
-            certbot.append(name + ": " + re.sub(r"\s+", " ", detail).strip())
-        elif line.startswith("IMAGE-MISSING"):
-            image = line.removeprefix("IMAGE-MISSING").strip()
-    return IssueResult(issued, selftest, certbot, image)
+        key, value = match.groups()
+        if key == "Domain" or not problems:
+            problems.append({})
+        problems[-1][key] = value.strip()
+    if problems:
+        parts = []
+        for problem in problems:
+            kind = f" ({problem['Type']})" if problem.get("Type") else ""
+            parts.append(f"{problem.get('Domain', '?')}{kind}: {problem.get('Detail', 'no detail')}")
+        detail = "the CA could not validate " + "; ".join(parts)
+    else:
+        detail = " ".join([line for line in lines if line.strip()][-4:])
+    return site + ": " + (" ".join(detail.split()) or "no output")
+
+
+def parse_issue_reply(reply: Reply) -> IssueResult:
+    """The issue script's frames as an IssueResult."""
+    issued = {frame.arg: frame.body.decode("ascii", errors="replace") for frame in reply.all("issued")}
+    selftest = [
+        f"{frame.arg}: the challenge probe over http://{frame.arg}/ got {_printable(frame.text)!r}"
+        for frame in reply.all("selftest-failed")
+    ]
+    certbot = [certbot_failure(frame.arg, frame.text) for frame in reply.all("certbot-failed")]
+    image = reply.get("image-missing")
+    return IssueResult(issued, selftest, certbot,
+                       " ".join(_printable(image.text).split()) if image is not None else None)

@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from certfab.facts import FACTS_SCRIPT, REPORT_SCRIPT, facts_context, report_context
 from certfab.inventory import load_inventory
-from certfab.issue import issue_script
+from certfab.issue import issue_context
 from certfab.lab import Lab, layout, pebble, proc
 from certfab.remote_scripts import render_script
 from certfab.stamp import probe_context
@@ -985,7 +985,8 @@ def test_scripts_sent_to_hosts_name_only_public_files(lab: Lab) -> None:
         "facts": render_script(FACTS_SCRIPT, nonce="0", **facts_context(host)),
         "probe": render_script(FACTS_SCRIPT, nonce="0", **probe_context(host, key="0" * 64, now=now)),
         "report": render_script(REPORT_SCRIPT, nonce="0", **report_context()),
-        "issue": issue_script("certfab-test", host, inventory, [(host.sites[0], False)], acme_ca=True),
+        "issue": render_script("issue.sh.j2", nonce="0",
+                               **issue_context("certfab-test", host, inventory, [(host.sites[0], False)], acme_ca=True)),
     }
     for name, script in scripts.items():
         assert "privkey" not in script and "/etc/letsencrypt/keys" not in script, name

@@ -39,8 +39,9 @@ from certfab.desired import changed_writes, desired_state, preflight, updated_fa
 from certfab.errors import InventoryError, PreflightError
 from certfab.facts import ConfigFile, HostFacts, NginxFacts
 from certfab.inventory import Inventory, parse_inventory
-from certfab.issue import parse_issue_output
+from certfab.issue import EXIT_CERTBOT_FAILED, parse_issue_reply
 from certfab.paths import RENEW_ENV
+from certfab.protocol import Frame, Reply
 
 NGINX = "/usr/sbin/nginx"
 HAS_NGINX = os.path.exists(NGINX) and os.geteuid() == 0
@@ -417,12 +418,12 @@ def test_long_names_are_refused_before_any_change_unless_the_bucket_holds_them()
 @given(st.lists(DOMAIN, min_size=1, max_size=4, unique=True), st.sampled_from(["connection", "unauthorized", "dns"]))
 def test_certbot_validation_problems_name_every_domain(domains: list[str], kind: str) -> None:
     """certbot's per-domain problems, as the issue script passes them on, become one line naming each domain."""
-    lines = []
+    lines = ["Certbot failed to authenticate some domains (authenticator: webroot).", ""]
     for domain in domains:
-        lines += [f"CERTBOT-PROBLEM shop Domain {domain}", f"CERTBOT-PROBLEM shop Type {kind}",
-                  f"CERTBOT-PROBLEM shop Detail fetching http://{domain}/: it failed"]
-    lines.append("CERTBOT-FAILED shop Some challenges have failed.")
-    result = parse_issue_output("\n".join(lines) + "\n")
+        lines += [f"  Domain: {domain}", f"  Type:   {kind}", f"  Detail: fetching http://{domain}/: it failed", ""]
+    lines.append("Some challenges have failed.")
+    output = ("\n".join(lines) + "\n").encode()
+    result = parse_issue_reply(Reply(EXIT_CERTBOT_FAILED, (Frame("certbot-failed", "shop", output),)))
     assert len(result.certbot_failures) == 1
     failure = result.certbot_failures[0]
     assert failure.startswith("shop: the CA could not validate ") and "\n" not in failure
