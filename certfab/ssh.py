@@ -22,6 +22,7 @@ from typing import Any
 
 import paramiko
 from fabric import Config, Connection
+from paramiko.agent import AgentRequestHandler
 from paramiko.ssh_exception import NoValidConnectionsError
 
 from certfab import validate
@@ -317,11 +318,33 @@ class HostConnection(Connection):  # type: ignore[misc]
     inline_ssh_env: bool | None = None
     certfab_jumps: tuple[Connection, ...] = ()
     certfab_notices: tuple[str, ...] = ()
+    certfab_agent_handlers: list[AgentRequestHandler] | None = None
+
+    def forward_agent_on_every_session(self) -> None:
+        """Offer the local agent on every session of this transport, however the session is opened.
+
+        Fabric does so only for sessions it opens itself; certfab's remote seam opens its own on the
+        transport, so the hook sits on this connection's transport object (no other connection has it).
+        """
+        transport = self.client.get_transport()
+        open_session = transport.open_session
+        handlers: list[AgentRequestHandler] = []
+        self.certfab_agent_handlers = handlers
+
+        def opening_with_agent(*args: Any, **kwargs: Any) -> paramiko.Channel:
+            channel = open_session(*args, **kwargs)
+            handlers.append(AgentRequestHandler(channel))
+            return channel
+
+        transport.open_session = opening_with_agent
 
     def close(self) -> None:
         try:
             super().close()
         finally:
+            for handler in self.certfab_agent_handlers or []:
+                with contextlib.suppress(Exception):
+                    handler.close()
             for jump in reversed(self.certfab_jumps):
                 with contextlib.suppress(Exception):
                     jump.close()
@@ -360,8 +383,8 @@ def _open_hop(
         port=hop.port,
         config=connection_config(config),
         gateway=False,
-        # Only the target may forward the agent, and only when the inventory says so.
-        forward_agent=host.forward_agent and hop.label == host.name,
+        # Fabric's own switch stays off whatever fab -A or the config say; see forward_agent_on_every_session.
+        forward_agent=False,
         connect_timeout=None,
         connect_kwargs=connect_kwargs,
     )
@@ -449,6 +472,9 @@ def open_connection(
                 conn.close()
         raise
     target = opened[-1]
+    # Only the target may get the agent, and only when the inventory says so; never a jump host.
+    if host.forward_agent:
+        target.forward_agent_on_every_session()
     target.certfab_jumps = tuple(opened[:-1])
     target.certfab_notices = tuple(notices)
     return target

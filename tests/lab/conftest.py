@@ -26,6 +26,7 @@ MODULE_HOSTS = {
     "test_report": ("web6", "web7"),
     "test_deploy_all": ("web8", "web9", "web10"),
     "test_faults": ("web11", "web12"),
+    "test_ssh": ("web13", "web14"),
 }
 
 
