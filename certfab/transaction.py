@@ -126,6 +126,9 @@ class StagedWrite:
 def _staged(write: FileWrite, journaled: bool) -> StagedWrite:
     if not write.path.startswith("/") or posixpath.normpath(write.path) != write.path:
         raise ValueError(f"{write.path!r}: a host path must be absolute and normal")
+    if posixpath.basename(write.path).startswith(".certfab-"):
+        raise ApplyError(f"refusing to write {shown(write.path)}: names starting with .certfab- are certfab's "
+                         "staged files and backups")
     if write.mode is not None and not _MODE.fullmatch(write.mode):
         raise ValueError(f"{write.path}: mode {write.mode!r} is not an octal file mode")
     expected = write.expected_sha256
