@@ -11,6 +11,7 @@ import shutil
 import stat
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,8 +19,9 @@ import pytest
 
 from certfab import renewal
 from certfab.desired import competing_renewal_jobs
-from certfab.errors import InventoryError
-from certfab.remote import RunResult
+from certfab.errors import InventoryError, RemoteError
+from certfab.protocol import Reply
+from certfab.remote_scripts import run_local
 from certfab.renewal_run import run_renewal
 from certfab.templating import UnsafeValueError
 
@@ -712,39 +714,69 @@ class _Host:
     name: str = "web1"
 
 
-class _Remote:
-    """Stands in for certfab.remote.Remote: answers run() with what the host would print."""
+class _LocalRemote:
+    """Stands in for certfab.remote.Remote: runs renew-now's remote script here against a sandbox root."""
 
-    def __init__(self, stdout: str, exited: int = 0) -> None:
+    def __init__(self, root: Path) -> None:
         self.host = _Host()
-        self.result = RunResult(stdout, "", exited)
+        self.root = root
 
-    def run(self, script: str, *, timeout: float | None = None, what: str = "") -> RunResult:
-        return self.result
+    def script(self, name: str, *, what: str, timeout: float | None = None,
+               context: Mapping[str, object] | None = None, **values: object) -> Reply:
+        return run_local(name, root=str(self.root), timeout=timeout or 60, **{**(context or {}), **values})
+
+
+def install_renewal(sandbox: Sandbox, body: str | None = None) -> _LocalRemote:
+    """Put certfab-renew at the sandbox root's /usr/local/sbin, as bootstrap does on a host.
+
+    The installed file runs the sandbox's script with its stubs and settings (remote scripts set
+    their own PATH, which would otherwise find the machine's real docker and nginx).
+    """
+    sbin = sandbox.root / "usr" / "local" / "sbin"
+    sbin.mkdir(parents=True)
+    (sandbox.root / "var" / "lib").mkdir(parents=True)
+    (sandbox.root / "var" / "lib" / "certfab").symlink_to(sandbox.state)
+    sandbox.state.mkdir(exist_ok=True)
+    exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sandbox.env.items())
+    installed = sbin / "certfab-renew"
+    installed.write_text("#!/bin/sh\n" + exports + (body if body is not None else f"exec {shlex.quote(str(sandbox.script))}\n"))
+    installed.chmod(0o700)
+    return _LocalRemote(sandbox.root)
 
 
 class TestRunRenewal:
-    STATUS = '{"time": "2026-11-27T23:46:41Z", "result": "renewed", "renewed": ["web1"], "nginx_test": "ok"}'
+    """renew-now's reading of a run, through its real remote script and the real renewal script."""
 
-    def test_fresh_status(self) -> None:
-        status = run_renewal(_Remote(f"@@exit 0\n{self.STATUS}\n"))  # type: ignore[arg-type]
-        assert status["result"] == "renewed" and status["exit"] == 0
+    def test_fresh_status(self, sandbox: Sandbox) -> None:
+        remote = install_renewal(sandbox)
+        status = run_renewal(remote)  # type: ignore[arg-type]
+        assert status["result"] == "nothing-due" and status["exit"] == 0
 
-    def test_lock_held_is_busy_not_the_older_result(self) -> None:
-        status = run_renewal(_Remote(f"@@exit 0\n@@stale\n{self.STATUS}\n"))  # type: ignore[arg-type]
+    def test_busy_run_is_read_from_the_status_it_recorded(self, sandbox: Sandbox) -> None:
+        remote = install_renewal(sandbox)
+        fd = os.open(sandbox.state / "renew.lock", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            status = run_renewal(remote)  # type: ignore[arg-type]
+        finally:
+            os.close(fd)
+        assert status["result"] == "busy" and status["exit"] == 0
+        assert "time" in status and status["holder"] is None  # the script's own record, not a guess
+        assert status["renewed"] == []
+        assert "another renewal run holds the lock" in status["message"]
+        assert not (sandbox.calls / "docker.args").exists()
+
+    def test_a_run_that_records_nothing_is_still_busy(self, sandbox: Sandbox) -> None:
+        remote = install_renewal(sandbox, body="exit 0\n")  # an older script: silent when busy
+        status = run_renewal(remote)  # type: ignore[arg-type]
         assert status["result"] == "busy" and status["renewed"] == []
         assert "another renewal run holds the lock" in status["message"]
 
-    def test_busy_run_that_recorded_itself(self) -> None:
-        busy = ('{"time": "2026-11-27T23:50:00Z", "result": "busy", "renewed": [], "certbot_exit": -1, '
-                '"holder": {"pid": 4242, "since": "2026-11-27T23:46:00Z"}, '
-                '"message": "another renewal run holds the lock (certfab-renew pid 4242 since '
-                '2026-11-27T23:46:00Z); nothing done now"}')
-        status = run_renewal(_Remote(f"@@exit 0\n{busy}\n"))  # type: ignore[arg-type]
-        assert status["result"] == "busy" and status["exit"] == 0
-        assert status["holder"] == {"pid": 4242, "since": "2026-11-27T23:46:00Z"}
-        assert "another renewal run holds the lock" in status["message"]
-
-    def test_failed_before_any_status(self) -> None:
-        status = run_renewal(_Remote("@@exit 1\n@@stale\n"))  # type: ignore[arg-type]
+    def test_failed_before_any_status(self, sandbox: Sandbox) -> None:
+        remote = install_renewal(sandbox, body="exit 1\n")
+        status = run_renewal(remote)  # type: ignore[arg-type]
         assert status["result"] == "failed" and status["exit"] == 1
+
+    def test_not_installed(self, sandbox: Sandbox) -> None:
+        with pytest.raises(RemoteError, match="not installed"):
+            run_renewal(_LocalRemote(sandbox.root))  # type: ignore[arg-type]
