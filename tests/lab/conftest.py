@@ -26,6 +26,8 @@ MODULE_HOSTS = {
     "test_report": ("web6", "web7"),
     "test_deploy_all": ("web8", "web9", "web10"),
     "test_faults": ("web11", "web12"),
+    "test_hostile_apply": ("web15", "web16"),
+    "test_hostile_facts": ("web17", "web18"),
     "test_ssh": ("web13", "web14"),
 }
 
