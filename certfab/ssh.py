@@ -300,7 +300,14 @@ class AcceptNewKey(paramiko.MissingHostKeyPolicy):  # type: ignore[misc]
         self.recorded: str | None = None
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
-        if record_host_key(self.known_hosts, hostname, key):
+        try:
+            recorded = record_host_key(self.known_hosts, hostname, key)
+        except OSError as exc:
+            raise HostKeyError(
+                f"{self.who} ({hostname}): cannot record host key {key.get_name()} {fingerprint(key)} in "
+                f"{self.known_hosts}: {exc.strerror or exc}; nothing was run"
+            ) from None
+        if recorded:
             self.recorded = f"{self.who}: recorded new host key {key.get_name()} {fingerprint(key)}"
 
 
@@ -393,7 +400,13 @@ def _open_hop(
     # Fabric trusts any key by default; replace its client policy before the first packet.
     client = conn.client
     if known_hosts.exists():
-        load_known_hosts(client, known_hosts)
+        try:
+            load_known_hosts(client, known_hosts)
+        except OSError as exc:
+            conn.close()
+            raise HostKeyError(
+                f"{who}: cannot read known_hosts file {known_hosts}: {exc.strerror or exc}; nothing was run"
+            ) from None
     elif not accept_new:
         raise HostKeyError(
             f"{who}: known_hosts file {known_hosts} does not exist; nothing was run. "

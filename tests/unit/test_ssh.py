@@ -16,7 +16,7 @@ import pytest
 from fabric import Config
 from invoke.config import Config as InvokeConfig
 
-from certfab.errors import InventoryError
+from certfab.errors import HostKeyError, InventoryError
 from certfab.inventory import Inventory, parse_inventory
 from certfab.ssh import (
     AcceptNewKey,
@@ -299,3 +299,13 @@ def test_several_processes_with_threads_append_without_interleaving(tmp_path: Pa
     }
     assert len(entries) == len(expected)
     assert set(entries) == expected
+
+
+def test_a_known_hosts_that_cannot_be_written_is_one_line_and_nothing_runs(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    policy = AcceptNewKey("web1", blocker / "known_hosts")
+    with pytest.raises(HostKeyError) as caught:
+        policy.missing_host_key(paramiko.SSHClient(), "10.0.0.1", ecdsa_key())
+    assert str(caught.value).startswith("web1 (10.0.0.1): cannot record host key ecdsa-sha2-nistp256 SHA256:")
+    assert str(caught.value).endswith("nothing was run")
