@@ -134,7 +134,9 @@ def preflight(host: Host, facts: HostFacts) -> list[str]:
     if missing:
         raise PreflightError(f"{name}: required tools missing: {', '.join(sorted(missing))}")
     tree = _tree({p: f.text for p, f in facts.nginx.files.items()}, facts)
-    warnings: list[str] = []
+    warnings: list[str] = [
+        f"{name}: {path} was not read: it {why}" for path, why in sorted(facts.nginx.refused_files.items())
+    ]
     owner: dict[tuple[str, int], str] = {}
     for site in host.sites:
         for domain in site.domains:

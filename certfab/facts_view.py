@@ -46,6 +46,8 @@ def facts_summary(facts: HostFacts, host: Host | None = None) -> dict[str, Any]:
             "sni": facts.nginx.sni,
             "config_test": "ok" if facts.nginx.test_ok else facts.nginx.test_output,
             "files": sorted(facts.nginx.files),
+            # Files nginx's includes name that certfab did not read, and why (key locations, non-files).
+            "refused_files": dict(sorted(facts.nginx.refused_files.items())),
             "server_blocks": blocks,
         }
         if parse_error:

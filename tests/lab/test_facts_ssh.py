@@ -27,11 +27,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
 from certfab.facts import FACTS_SCRIPT, facts_context
-from certfab.remote_scripts import render_script
 from certfab.facts_view import facts_text, read_facts
 from certfab.fleet import HostSession, run_fleet, run_on_host
 from certfab.inventory import Inventory, load_inventory
 from certfab.lab import Lab
+from certfab.remote_scripts import render_script
 
 HOSTS = ("web1", "web2")
 

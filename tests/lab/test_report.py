@@ -30,12 +30,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from certfab.expiry import host_records
 from certfab.facts import REPORT_SCRIPT, report_context
-from certfab.remote_scripts import render_script
 from certfab.fleet import HostSession, run_fleet, run_on_host
 from certfab.inventory import Inventory, load_inventory
 from certfab.issue import container_command
 from certfab.lab import Lab
 from certfab.remote import RunResult
+from certfab.remote_scripts import render_script
 
 REPORTS = REPO_DIR / "reports"
 MAIL_TO = "ops@lab.test"
