@@ -34,9 +34,11 @@ sys.path.insert(0, str(REPO_DIR))
 
 from certfab import lab as labkit  # noqa: E402
 from certfab.bootstrap import BootstrapResult, bootstrap_host, read_acme_ca  # noqa: E402
-from certfab.expiry import host_records, unreachable_records  # noqa: E402
-from certfab.fleet import HostOutcome, HostSession, run_fleet  # noqa: E402
+from certfab.expiry import unreachable_records  # noqa: E402
+from certfab.fleet import HostSession, run_fleet  # noqa: E402
+from certfab.gather import host_records  # noqa: E402
 from certfab.inventory import Host, Inventory, load_inventory  # noqa: E402
+from certfab.outcome import HostOutcome  # noqa: E402
 from certfab.remote import RunResult  # noqa: E402
 from certfab.report import CertRecord, build_report  # noqa: E402
 

@@ -19,13 +19,14 @@ from certfab.desired import (
     updated_facts_files,
 )
 from certfab.errors import ApplyError, CertfabError, ConnectError, PreflightError
-from certfab.facts import HostFacts, gather
+from certfab.facts import HostFacts
 from certfab.fleet import HostSession
+from certfab.gather import gather, read_host, stamp_if_converged, write_stamp
 from certfab.hostlock import HostLock
 from certfab.issue import issue_context, parse_issue_reply
 from certfab.nginxconf import NginxConfError
 from certfab.remote import Remote
-from certfab.stamp import Unchanged, input_key, read_host, stamp_if_converged, write_stamp
+from certfab.stamp import Unchanged, input_key
 from certfab.transaction import (
     EXIT_NGINX_TEST_FAILED,
     EXIT_RELOAD_FAILED,

@@ -17,8 +17,9 @@ from rich.table import Table
 from rich.text import Text
 
 from certfab.errors import CertfabError
-from certfab.fleet import HostOutcome, Progress
+from certfab.fleet import Progress
 from certfab.inventory import Host, Inventory, load_inventory
+from certfab.outcome import HostOutcome
 from certfab.textsafe import for_terminal
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -1,4 +1,6 @@
-"""Reading a host's state in one batched remote command, and parsing it into typed facts."""
+"""A host's facts as typed values, and the pure halves of reading them: script contexts and parsers.
+
+The reading itself (remote commands) is certfab.gather."""
 
 from __future__ import annotations
 
@@ -9,11 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from certfab import includes, tls
-from certfab.errors import PreflightError, RemoteError
+from certfab.errors import PreflightError
 from certfab.inventory import Host
 from certfab.paths import CRON_FILE, HOST_CONFIG_DIR, JOURNAL, NGINX_CERTFAB_DIR, RENEW_SCRIPT, STATUS_FILE
 from certfab.protocol import Reply
-from certfab.remote import Remote
 
 # Files certfab owns outside nginx's own tree, as (directory, glob); their content is read back so
 # plans can diff them.
@@ -203,37 +204,6 @@ def reply_texts(reply: Reply, name: str) -> dict[str, str]:
     return {f.arg: f.text for f in reply.all(name)}
 
 
-def read_nginx_files(remote: Remote, reply: Reply) -> tuple[dict[str, ConfigFile], dict[str, str]]:
-    """Every file nginx loads, from the main file the facts read, one include level per command.
-
-    Returns the files read and those refused (path: why). Only paths that `include` directives of
-    files already read name are asked for; key files and key locations are refused on the host and
-    dropped again here.
-    """
-    files: dict[str, ConfigFile] = {}
-    refused: dict[str, str] = {}
-    expanded: dict[str, tuple[str, ...]] = {}
-    main = reply.text("nginx-conf")
-    if not main:
-        return files, refused
-    conf_prefix = posixpath.dirname(main)
-    current = reply
-    for _ in range(MAX_INCLUDE_ROUNDS):
-        _take_files(current, files, refused, expanded)
-        found = includes.scan({p: f.text for p, f in files.items()}, main, conf_prefix, expanded)
-        for path, f in list(files.items()):
-            if includes.is_key_file(path, found) or includes.is_key_file(f.real_path, found):
-                del files[path]
-                refused[path] = "is a private key location"
-        if not found.patterns:
-            break
-        current = remote.check_script(
-            NGINX_FILES_SCRIPT, what="reading nginx files", patterns=list(found.patterns),
-            key_paths=list(found.key_paths), key_dirs=list(found.key_dirs),
-        )
-    return files, refused
-
-
 def _take_files(reply: Reply, files: dict[str, ConfigFile], refused: dict[str, str],
                 expanded: dict[str, tuple[str, ...]]) -> None:
     real = reply_texts(reply, "nginx-real")
@@ -250,24 +220,3 @@ def _take_files(reply: Reply, files: dict[str, ConfigFile], refused: dict[str, s
         matches.setdefault(frame.arg, []).append(frame.text)
     for pattern, found in matches.items():
         expanded[pattern] = tuple(sorted(found))
-
-
-def _complete(reply: Reply, what: str, host: str) -> Reply:
-    if not reply.has("done") and not reply.has("unchanged"):
-        raise RemoteError(f"{host}: {what}: the answer is incomplete (exit {reply.exited}): {reply.last_error_line()}")
-    return reply
-
-
-def gather(remote: Remote, *, nginx: bool = True) -> HostFacts:
-    """Read a host's facts: one command, plus one per include level of its nginx configuration."""
-    reply = _complete(remote.script(FACTS_SCRIPT, what="reading facts", context=facts_context(remote.host, nginx=nginx)),
-                      "reading facts", remote.host.name)
-    files, refused = read_nginx_files(remote, reply) if nginx else ({}, {})
-    return parse_facts(remote.host.name, reply, files, refused)
-
-
-def gather_for_report(remote: Remote) -> HostFacts:
-    """Read what the expiry report needs with exactly one remote command."""
-    reply = _complete(remote.script(REPORT_SCRIPT, what="reading certificates", context=report_context()),
-                      "reading certificates", remote.host.name)
-    return parse_facts(remote.host.name, reply)

@@ -6,8 +6,7 @@ import re
 from typing import Any
 
 from certfab.certs import parse_pem
-from certfab.facts import HostFacts, gather
-from certfab.fleet import HostSession
+from certfab.facts import HostFacts
 from certfab.inventory import Host
 from certfab.nginxconf import NginxConfError, parse_tree
 
@@ -141,9 +140,3 @@ def facts_text(summary: dict[str, Any]) -> str:
     if summary["unfinished_run"]:
         lines.append("  an unfinished certfab run left a journal; the next bootstrap recovers it")
     return "\n".join(lines)
-
-
-def read_facts(session: HostSession) -> dict[str, Any]:
-    """The facts pipeline for one host: one remote command, summarised for people and programs."""
-    session.step("reading facts")
-    return facts_summary(gather(session.remote), session.host)

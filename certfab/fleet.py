@@ -8,36 +8,19 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from types import FrameType
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import paramiko
 
 from certfab.errors import CertfabError
 from certfab.inventory import Host, Inventory
+from certfab.outcome import HostOutcome
 from certfab.remote import Remote
 from certfab.ssh import connection_config, open_connection
 
 T = TypeVar("T")
-
-
-@dataclass
-class HostOutcome(Generic[T]):
-    """What happened on one host: a value, or the one-line error that stopped it."""
-
-    host: str
-    value: T | None = None
-    error: str | None = None
-    exit_code: int = 0
-    seconds: float = 0.0
-    commands: int = 0
-    notices: list[str] = field(default_factory=list)
-    started: bool = True
-
-    @property
-    def failed(self) -> bool:
-        return self.error is not None
 
 
 class Stop(threading.Event):

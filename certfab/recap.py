@@ -5,15 +5,17 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 from rich.table import Table
 
-from certfab.bootstrap import BootstrapResult
-from certfab.fleet import HostOutcome
+from certfab.outcome import HostOutcome
 from certfab.reports_out import tighten_private_files, write_new_text
 from certfab.textsafe import for_terminal
+
+if TYPE_CHECKING:  # the executor's result type; importing it would load the SSH layer
+    from certfab.bootstrap import BootstrapResult
 
 
 def host_status(outcome: HostOutcome[BootstrapResult]) -> str:

@@ -22,13 +22,12 @@ from functools import lru_cache
 from pathlib import Path
 
 from certfab.certs import parse_pem
-from certfab.desired import RENEW_FRACTION, changed_writes, decide_certificate, desired_state, preflight
-from certfab.errors import CertfabError, RemoteError
-from certfab.facts import FACTS_SCRIPT, ConfigFile, HostFacts, facts_context, parse_facts, read_nginx_files
+from certfab.desired import RENEW_FRACTION
+from certfab.facts import ConfigFile, HostFacts, facts_context, parse_facts
 from certfab.inventory import Host, Inventory
 from certfab.paths import CRON_FILE, HOST_CONFIG_DIR, RENEW_SCRIPT, STATE_DIR
 from certfab.protocol import Reply
-from certfab.remote import Remote
+from certfab.templating import TEMPLATES_DIR
 
 STAMP_FILE = f"{STATE_DIR}/stamp"
 STAMP_VERSION = "certfab-stamp 2"
@@ -52,7 +51,6 @@ _HASH = re.compile(r"^[0-9a-f]{32}$")
 # md5 of no input: what a find without -printf (busybox) would leave; it proves nothing.
 _EMPTY_MD5 = "d41d8cd98f00b204e9800998ecf8427e"
 _PACKAGE_DIR = Path(__file__).resolve().parent
-_TEMPLATES_DIR = _PACKAGE_DIR.parent / "templates"
 
 
 @dataclass(frozen=True)
@@ -76,8 +74,9 @@ def code_digest() -> str:
     """sha256 of certfab's modules and templates: new code never trusts an old stamp."""
     digest = hashlib.sha256()
     files = sorted(_PACKAGE_DIR.glob("*.py"))
-    if _TEMPLATES_DIR.is_dir():
-        files += sorted(p for p in _TEMPLATES_DIR.rglob("*") if p.is_file())
+    # The templates rendered: the checkout's or, installed, the package's own copy.
+    if TEMPLATES_DIR.is_dir():
+        files += sorted(p for p in TEMPLATES_DIR.rglob("*") if p.is_file())
     for path in files:
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
@@ -127,18 +126,6 @@ def probe_context(host: Host, *, key: str | None, now: datetime) -> dict[str, ob
     }
 
 
-def read_host(remote: Remote, *, key: str | None, now: datetime) -> Unchanged | Observed:
-    """Unchanged (one command) if the stamp for `key` holds, else every fact (key None: always)."""
-    reply = remote.script(FACTS_SCRIPT, what="reading facts", context=probe_context(remote.host, key=key, now=now))
-    if not reply.has("unchanged") and not reply.has("done"):
-        raise RemoteError(f"{remote.host.name}: reading facts: the answer is incomplete "
-                          f"(exit {reply.exited}): {reply.last_error_line()}")
-    if reply.has("unchanged"):
-        return parse_probe(remote.host.name, reply)
-    files, refused = read_nginx_files(remote, reply)
-    return parse_probe(remote.host.name, reply, files, refused)
-
-
 def outside_paths(facts: HostFacts) -> tuple[str, ...]:
     """nginx files outside /etc/nginx, as named and resolved, with their directories: the stamp watches them."""
     if facts.nginx is None:
@@ -174,47 +161,21 @@ def stamp_text(*, key: str, observed: Observed, recheck: datetime, warnings: lis
     return "\n".join(lines) + "\n"
 
 
-def write_stamp(remote: Remote, *, key: str, observed: Observed, warnings: list[str], now: datetime) -> bool:
-    """Record that the host was found in its desired state (one remote command); False if not possible.
+def stamp_to_write(host: Host, *, key: str, observed: Observed, warnings: list[str],
+                   now: datetime) -> tuple[str, bool] | None:
+    """The stamp file's text for a host found in its desired state, and whether it is complete.
 
-    The state hash only covers the extra paths the probe was told to watch: when the configuration
-    now loads files outside /etc/nginx that it did not watch, the stamp records them but no state,
-    so the next run hashes them and stamps for real.
+    None when no stamp may be written (nothing hashed, a certificate decision due, odd paths). The
+    state hash only covers the extra paths the probe was told to watch: when the configuration now
+    loads files outside /etc/nginx that it did not watch, the stamp records them but no state, so
+    the next run hashes them and stamps for real.
     """
     needed = outside_paths(observed.facts)
     if any("\n" in path or not path.startswith("/") for path in needed):
-        return False
-    recheck = recheck_time(remote.host, observed.facts, now)
+        return None
+    recheck = recheck_time(host, observed.facts, now)
     if recheck <= now or not observed.state:
-        return False
+        return None
     complete = set(needed) <= set(observed.watch)
     pending = replace(observed, state=observed.state if complete else "", watch=needed)
-    text = stamp_text(key=key, observed=pending, recheck=recheck, warnings=warnings)
-    try:
-        remote.check_script(STAMP_SCRIPT, what="recording the host's state", state_dir=STATE_DIR,
-                            stamp_file=STAMP_FILE, text=text)
-    except CertfabError:
-        return False  # the run's result stands; the next run simply reads every fact again
-    return complete
-
-
-def stamp_if_converged(
-    remote: Remote, inventory: Inventory, *, key: str, acme_ca_pem: str | None, now: datetime
-) -> bool:
-    """After a run that changed the host: read it again and stamp it only if nothing is left to do."""
-    try:
-        observed = read_host(remote, key=None, now=now)
-        assert isinstance(observed, Observed)
-        warnings = preflight(remote.host, observed.facts)
-    except CertfabError:
-        return False
-    host, facts = remote.host, observed.facts
-    if facts.journal.strip():
-        return False
-    if any(decide_certificate(site, facts, now).needs_order for site in host.sites):
-        return False
-    desired = desired_state(host, inventory, facts, https_sites=frozenset(s.name for s in host.sites),
-                            acme_ca_pem=acme_ca_pem)
-    if changed_writes(desired, facts):
-        return False
-    return write_stamp(remote, key=key, observed=observed, warnings=warnings, now=now)
+    return stamp_text(key=key, observed=pending, recheck=recheck, warnings=warnings), complete

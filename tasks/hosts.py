@@ -4,45 +4,19 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import TYPE_CHECKING
 
 from invoke import Context, task
-from rich.markup import escape
 
-from certfab.bootstrap import BootstrapResult, bootstrap_host, read_acme_ca
-from certfab.cli import (
-    LiveProgress,
-    OptionError,
-    exit_with,
-    fabric_config,
-    inventory_for,
-    print_error,
-    reports_errors,
-    stderr,
-    stdout,
-    target_hosts,
-)
-from certfab.errors import CertfabError
-from certfab.expiry import host_records, unreachable_records
-from certfab.facts_view import facts_text, read_facts
-from certfab.fleet import HostOutcome, HostSession, Stop, ctrl_c_stops, run_fleet
-from certfab.inventory import Host, Inventory
-from certfab.recap import recap_rows, recap_table, write_run_log
-from certfab.renewal_run import run_renewal
-from certfab.report import (
-    CertRecord,
-    Thresholds,
-    build_report,
-    to_csv,
-    to_html,
-    to_json,
-    to_prometheus,
-    to_rich_table,
-)
-from certfab.report import (
-    exit_code as report_exit_code,
-)
-from certfab.reports_out import save_report, send_digest, write_text
-from certfab.textsafe import for_terminal
+from tasks.deferred import reports_errors
+
+# Only names for annotations here: each task imports the core it runs (see tasks/deferred.py).
+if TYPE_CHECKING:
+    from certfab.bootstrap import BootstrapResult
+    from certfab.fleet import HostSession
+    from certfab.inventory import Host, Inventory
+    from certfab.outcome import HostOutcome
+    from certfab.report import CertRecord
 
 __all__ = ["bootstrap", "deploy_all", "facts", "plan", "renew_now", "report_expiry"]
 
@@ -74,6 +48,12 @@ def helps(*names: str) -> dict[str, str]:
 def facts(c: Context, inventory: str | None = None, limit: str | None = None, accept_new: bool = False,
           json_: bool = False, parallel: int = 10) -> None:
     """Show what certfab sees on hosts: OS, nginx, server blocks, runtime, certificates, cron."""
+    from certfab.cli import LiveProgress, exit_with, fabric_config, inventory_for, print_error, target_hosts
+    from certfab.facts_view import facts_text
+    from certfab.fleet import run_fleet
+    from certfab.gather import read_facts
+    from certfab.textsafe import for_terminal
+
     inv = inventory_for(c, inventory)
     hosts = target_hosts(c, inv, limit)
 
@@ -98,6 +78,14 @@ def facts(c: Context, inventory: str | None = None, limit: str | None = None, ac
 def _bootstrap_fleet(c: Context, hosts: tuple[Host, ...], inv: Inventory, *, check: bool, accept_new: bool,
                      parallel: int, json_: bool, canary: int = 0, title: str = "bootstrap") -> None:
     """Bootstrap (or plan) hosts in parallel, print the recap and exit with its status."""
+    from rich.markup import escape
+
+    from certfab.bootstrap import bootstrap_host, read_acme_ca
+    from certfab.cli import LiveProgress, OptionError, exit_with, fabric_config, stderr, stdout
+    from certfab.fleet import Stop, ctrl_c_stops, run_fleet
+    from certfab.recap import recap_rows, recap_table, write_run_log
+    from certfab.textsafe import for_terminal
+
     if parallel < 1:
         raise OptionError(f"--parallel: {parallel} is not a positive number of hosts")
     if canary < 0:
@@ -151,6 +139,8 @@ def _bootstrap_fleet(c: Context, hosts: tuple[Host, ...], inv: Inventory, *, che
 def bootstrap(c: Context, inventory: str | None = None, limit: str | None = None, check: bool = False,
               accept_new: bool = False, json_: bool = False, parallel: int = 10) -> None:
     """Set up ACME, certificates, strong HTTPS and renewal on hosts (idempotent, transactional)."""
+    from certfab.cli import inventory_for, target_hosts
+
     inv = inventory_for(c, inventory)
     _bootstrap_fleet(c, target_hosts(c, inv, limit), inv, check=check, accept_new=accept_new,
                      parallel=parallel, json_=json_)
@@ -161,6 +151,8 @@ def bootstrap(c: Context, inventory: str | None = None, limit: str | None = None
 def plan(c: Context, inventory: str | None = None, limit: str | None = None, accept_new: bool = False,
          json_: bool = False, parallel: int = 10) -> None:
     """Show what bootstrap would change (diffs, certificate requests) without changing anything."""
+    from certfab.cli import inventory_for, target_hosts
+
     inv = inventory_for(c, inventory)
     _bootstrap_fleet(c, target_hosts(c, inv, limit), inv, check=True, accept_new=accept_new,
                      parallel=parallel, json_=json_, title="plan")
@@ -171,6 +163,8 @@ def plan(c: Context, inventory: str | None = None, limit: str | None = None, acc
 def deploy_all(c: Context, inventory: str | None = None, limit: str | None = None, parallel: int = 20,
                canary: int = 0, check: bool = False, accept_new: bool = False, json_: bool = False) -> None:
     """Bootstrap every inventory host (or --limit) in parallel, with progress and a recap."""
+    from certfab.cli import inventory_for
+
     inv = inventory_for(c, inventory)
     hosts = inv.select(limit)
     _bootstrap_fleet(c, hosts, inv, check=check, accept_new=accept_new, parallel=parallel, json_=json_,
@@ -186,6 +180,10 @@ RENEW_OK = ("renewed", "nothing-due")
 def renew_now(c: Context, inventory: str | None = None, limit: str | None = None, accept_new: bool = False,
               json_: bool = False, parallel: int = 10) -> None:
     """Run the installed renewal script on hosts now and show its result."""
+    from certfab.cli import LiveProgress, exit_with, fabric_config, inventory_for, stdout, target_hosts
+    from certfab.fleet import run_fleet
+    from certfab.renewal_run import run_renewal
+
     inv = inventory_for(c, inventory)
     hosts = target_hosts(c, inv, limit)
 
@@ -223,6 +221,31 @@ def report_expiry(c: Context, inventory: str | None = None, limit: str | None = 
                   mail: str | None = None, smtp: str | None = None, warn_days: float | None = None,
                   critical_days: float | None = None, accept_new: bool = False, parallel: int = 20) -> None:
     """Report every certificate of the fleet (on disk and as served); exit 0 ok, 1 warn, 2 problem."""
+    from certfab.cli import (
+        LiveProgress,
+        exit_with,
+        fabric_config,
+        inventory_for,
+        stderr,
+        stdout,
+        target_hosts,
+    )
+    from certfab.errors import CertfabError
+    from certfab.expiry import unreachable_records
+    from certfab.fleet import run_fleet
+    from certfab.gather import host_records
+    from certfab.report import (
+        Thresholds,
+        build_report,
+        to_csv,
+        to_html,
+        to_json,
+        to_prometheus,
+        to_rich_table,
+    )
+    from certfab.report import exit_code as report_exit_code
+    from certfab.reports_out import save_report, send_digest, write_text
+
     output_format = "json" if json_ else format
     if output_format not in ("table", "json", "csv"):
         raise CertfabError(f"--format: {format!r} is not one of table, json, csv")

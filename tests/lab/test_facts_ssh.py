@@ -27,8 +27,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
 from certfab.facts import FACTS_SCRIPT, facts_context
-from certfab.facts_view import facts_text, read_facts
+from certfab.facts_view import facts_text
 from certfab.fleet import HostSession, run_fleet, run_on_host
+from certfab.gather import read_facts
 from certfab.inventory import Inventory, load_inventory
 from certfab.lab import Lab
 from certfab.remote_scripts import render_script

@@ -28,9 +28,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from prometheus_client.parser import text_string_to_metric_families
 
-from certfab.expiry import host_records
 from certfab.facts import REPORT_SCRIPT, report_context
 from certfab.fleet import HostSession, run_fleet, run_on_host
+from certfab.gather import host_records
 from certfab.inventory import Inventory, load_inventory
 from certfab.issue import container_command
 from certfab.lab import Lab

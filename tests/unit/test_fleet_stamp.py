@@ -19,8 +19,9 @@ from cryptography.x509.oid import NameOID
 
 from certfab.bootstrap import BootstrapResult
 from certfab.facts import parse_facts
-from certfab.fleet import HostOutcome, Progress, Stop, ctrl_c_stops, run_fleet
+from certfab.fleet import Progress, Stop, ctrl_c_stops, run_fleet
 from certfab.inventory import Inventory, Site, load_inventory
+from certfab.outcome import HostOutcome
 from certfab.protocol import Frame, Reply
 from certfab.recap import host_status, recap_rows, write_run_log
 from certfab.stamp import (
