@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
-from certfab.nginxconf import NginxConfError, _parse_text, _Stmt, _walk_stmts
+from certfab.nginx.lexer import Statement, parse_text, walk_statements
+from certfab.nginx.model import NginxConfError
 
 # Where private keys live: never read, whatever a configuration says (checked again on the host).
 DENIED_PREFIXES = ("/etc/letsencrypt", "/etc/ssl/private")
@@ -47,8 +48,8 @@ class IncludeScan:
 
 
 @lru_cache(maxsize=256)
-def _parsed(text: str, path: str) -> list[_Stmt]:
-    return _parse_text(text, path)
+def _parsed(text: str, path: str) -> list[Statement]:
+    return parse_text(text, path)
 
 
 def scan(files: Mapping[str, str], main: str, conf_prefix: str, expanded: Mapping[str, tuple[str, ...]]) -> IncludeScan:
@@ -68,7 +69,7 @@ def scan(files: Mapping[str, str], main: str, conf_prefix: str, expanded: Mappin
         except NginxConfError:
             broken.append(path)
             return
-        for st in _walk_stmts(stmts):
+        for st in walk_statements(stmts):
             if st.is_comment or not st.args:
                 continue
             arg = st.args[0].value

@@ -18,11 +18,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from certfab.errors import CertfabError
+from certfab.nginx.lexer import lex
 from certfab.nginxconf import (
     NginxConfError,
     NginxTree,
     ServerBlock,
-    _lex,
     add_include,
     block_for_host,
     check_sites,
@@ -725,18 +725,18 @@ LEX_PIECES = [*"ab #;{}\"'\\\n\r\t$-", "${", "content_by_lua_block ", "set_by_lu
 class TestLexerFidelity:
     @pytest.mark.parametrize("text", TRICKY)
     def test_tricky_inputs(self, text: str, tmp_path: pathlib.Path) -> None:
-        ours = _lex(text)
+        ours = lex(text)
         assert [(t.value, t.line, t.quoted) for t in ours] == crossplane_tokens(text, tmp_path / "t.conf")
 
     def test_fixture_files(self, tmp_path: pathlib.Path) -> None:
         for name in ("debian", "legacy"):
             for path, text in load(name).items():
-                ours = [(t.value, t.line, t.quoted) for t in _lex(text)]
+                ours = [(t.value, t.line, t.quoted) for t in lex(text)]
                 assert ours == crossplane_tokens(text, tmp_path / "t.conf"), path
 
     def test_spans_point_at_the_source_text(self) -> None:
         text = load("debian")["/etc/nginx/sites-enabled/example.com"]
-        for tok in _lex(text):
+        for tok in lex(text):
             raw = text[tok.start : tok.end]
             if tok.quoted:
                 assert raw[0] == raw[-1] and raw[0] in "\"'"
@@ -755,7 +755,7 @@ class TestLexerFidelity:
             except crossplane.errors.NgxParserBaseException:
                 theirs = None
         try:
-            ours: list[tuple[str, int, bool]] | None = [(t.value, t.line, t.quoted) for t in _lex(text)]
+            ours: list[tuple[str, int, bool]] | None = [(t.value, t.line, t.quoted) for t in lex(text)]
         except NginxConfError:
             ours = None
         assert ours == theirs
