@@ -12,17 +12,15 @@ from datetime import datetime, timedelta, timezone
 from email.message import EmailMessage
 from email.utils import format_datetime
 from enum import Enum
-from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from rich.table import Table
 from rich.text import Text
 
 from certfab.certs import CertInfo
+from certfab.templating import environment
 from certfab.tlsprobe import ServedCert
 
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 JSON_SCHEMA = "certfab.report/1"
 
 
@@ -606,14 +604,8 @@ def timeline(report: Report) -> dict[str, Any]:
 
 def to_html(report: Report) -> str:
     """A single self-contained HTML page: summary, SVG timeline and the table (no external assets)."""
-    env = Environment(
-        loader=FileSystemLoader(str(TEMPLATES_DIR)),
-        autoescape=True,
-        undefined=StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    template = env.get_template("report.html.j2")
+    # The environment autoescapes *.html.j2 (and leaves out the guard meant for host files).
+    template = environment().get_template("report.html.j2")
     rows = []
     for row in report.rows:
         data = row_dict(row)

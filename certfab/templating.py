@@ -12,7 +12,16 @@ from jinja2.nodes import EvalContext
 
 from certfab.errors import CertfabError
 
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+
+def _templates_dir() -> Path:
+    """templates/ inside the installed package (a wheel ships it there), else the checkout's top-level one."""
+    package = Path(__file__).resolve().parent
+    installed = package / "templates"
+    return installed if installed.is_dir() else package.parent / "templates"
+
+
+# Every template is read from here: host files, remote scripts and the HTML report.
+TEMPLATES_DIR = _templates_dir()
 
 # Characters that could end a directive, open a block, start a comment or expand a variable once a
 # value lands in an nginx file or a shell script.
@@ -102,7 +111,10 @@ def _trusted_filter(value: object) -> Trusted:
 
 @lru_cache(maxsize=1)
 def environment() -> jinja2.Environment:
-    """Return the shared Jinja2 environment for the repository's templates/ directory."""
+    """Return the one Jinja2 environment for every template in TEMPLATES_DIR (host files and the HTML report).
+
+    Files named *.html.j2 are autoescaped; every other template gets the unsafe-value guard.
+    """
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
         undefined=jinja2.StrictUndefined,

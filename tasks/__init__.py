@@ -1,6 +1,6 @@
 """certfab's task collection, shared by `fab` (fabfile.py) and `inv`."""
 
-from invoke import Collection
+from invoke.collection import Collection
 
 from tasks import hosts, lab
 

@@ -6,7 +6,8 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from invoke import Context, task
+from invoke.context import Context
+from invoke.tasks import task
 
 from tasks.deferred import reports_errors
 

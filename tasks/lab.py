@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from invoke.collection import Collection
 from invoke.context import Context
 from invoke.tasks import task
 
-from certfab import lab
-from certfab.cli import reports_errors
-from certfab.lab.control import Progress
+from tasks.deferred import reports_errors
+
+if TYPE_CHECKING:
+    from certfab.lab.control import Progress
 
 
 def _progress() -> Progress:
@@ -27,6 +29,8 @@ def _progress() -> Progress:
 @reports_errors
 def up(c: Context, hosts: int = 2) -> None:
     """Bring up the lab: bridge, Pebble, DNS, SMTP and N hosts; writes lab/inventory.yaml."""
+    from certfab import lab
+
     info = lab.up(hosts, progress=_progress())
     print(f"lab up: {', '.join(f'{h.name}={h.address}' for h in info.hosts)}; inventory {info.inventory}")
 
@@ -35,6 +39,8 @@ def up(c: Context, hosts: int = 2) -> None:
 @reports_errors
 def down(c: Context) -> None:
     """Stop every lab process and remove the lab's namespaces, links and host trees."""
+    from certfab import lab
+
     lab.down(progress=_progress())
 
 
@@ -42,6 +48,8 @@ def down(c: Context) -> None:
 @reports_errors
 def status(c: Context) -> None:
     """Show whether the lab, its services and each host are up."""
+    from certfab import lab
+
     print(lab.status())
 
 
