@@ -137,35 +137,33 @@ def preflight(host: Host, facts: HostFacts) -> list[str]:
     warnings: list[str] = [
         f"{name}: {path} was not read: it {why}" for path, why in sorted(facts.nginx.refused_files.items())
     ]
-    owner: dict[tuple[str, int], str] = {}
     for site in host.sites:
         for domain in site.domains:
             _check_name_fits(name, site, domain, facts)
-            https = served_block(tree, domain, 443)
-            if https is not None and not https.has_include(site_include_path(site.name)):
-                raise PreflightError(
-                    f"{name}: site {site.name}: {domain} is already served over HTTPS by "
-                    f"{https.file}:{https.line}, which certfab does not manage; remove that block or the domain"
-                )
-            block = served_block(tree, domain, 80)
-            if block is None:
-                if https is not None:
-                    continue
-                if not site.managed:
-                    raise PreflightError(
-                        f"{name}: site {site.name}: no port-80 server block serves {domain}; add it to a "
-                        "server_name or declare root/upstream for the site in the inventory"
-                    )
+    managed = {site.name for site in host.sites if site.managed}
+    problems = nginxconf.check_sites(
+        tree,
+        {site.name: site.domains for site in host.sites},
+        {site.name: site_include_path(site.name) for site in host.sites},
+    )
+    for problem in problems:
+        if problem.kind in ("missing", "default-only"):
+            # certfab edits only blocks that name a domain (never a catch-all default server);
+            # a managed site gets a server block of its own instead
+            if problem.site in managed:
                 continue
-            if block.is_certfab_redirect:
-                continue
-            key = (block.file, block.line)
-            other = owner.setdefault(key, site.name)
-            if other != site.name:
-                raise PreflightError(
-                    f"{name}: sites {other} and {site.name} share the server block at {block.file}:{block.line}; "
-                    "give each site its own server block"
-                )
+            raise PreflightError(
+                f"{name}: site {problem.site}: {problem.message} or declare root/upstream for the site "
+                "in the inventory"
+            )
+        if problem.kind == "shared-block":
+            raise PreflightError(
+                f"{name}: sites {_and(problem.sites)} share the server block at {problem.where}; "
+                "give each site its own server block"
+            )
+        if problem.severity == "error":
+            raise PreflightError(f"{name}: site {problem.site}: {problem.message}")
+    warnings += [f"{name}: site {p.site}: {p.message}" for p in problems if p.severity == "warning"]
     competing = competing_renewal_jobs(facts.competing_renewal, facts.crontab)
     if competing:
         warnings.append(
@@ -173,6 +171,10 @@ def preflight(host: Host, facts: HostFacts) -> list[str]:
             "disable it (certfab's own job renews, tests nginx, reloads and mails)"
         )
     return warnings
+
+
+def _and(names: tuple[str, ...]) -> str:
+    return " and ".join(names) if len(names) < 3 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 def competing_renewal_jobs(found: tuple[str, ...], root_crontab: str) -> list[str]:

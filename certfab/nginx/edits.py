@@ -46,6 +46,7 @@ from certfab.nginx.model import (
     resolve_path,
 )
 from certfab.nginx.tree import make_listen, marker_site
+from certfab.templating import render, trusted
 
 _SITE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -399,20 +400,38 @@ def convert_to_https(
         ]
         direct_values = {n.lower() for n in _direct_names(st)}
         names += [_quote(n) for n in block.server_names if n.lower() not in direct_values]
-        body = [f"{outer}{begin}", f"{outer}server {{"]
-        body += [f"{outer}{unit}listen {m};" for m in moved]
-        if names:
-            body.append(f"{outer}{unit}server_name {' '.join(names)};")
-        body += [
-            f"{outer}{unit}include {_quote(acme_include)};",
-            f"{outer}{unit}location / {{",
-            f"{outer}{unit}{unit}return 301 https://$host$request_uri;",
-            f"{outer}{unit}}}",
-            f"{outer}}}",
-            f"{outer}{end}",
-        ]
+        body = render_redirect_server(
+            moved, names, _quote(acme_include), indent=outer, unit=unit, marker=(begin, end)
+        ).splitlines()
         edits.append(_insert_after(text, st.close.end, body, _leading_ws(text, st.close) or outer))
     return _verify(_apply(text, edits), block.file)
+
+
+def render_redirect_server(
+    listens: Sequence[str],
+    server_names: Sequence[str],
+    acme_include: str,
+    *,
+    indent: str = "",
+    unit: str = "    ",
+    marker: tuple[str, str] | None = None,
+) -> str:
+    """certfab's port-80 redirect block (templates/redirect-server.conf.j2), as nginx text.
+
+    `listens` and `server_names` are nginx text already (copied from the operator's block or
+    quoted by certfab) and are rendered as they are; managed sites render the same template.
+    """
+    begin, end = marker if marker is not None else ("", "")
+    return render(
+        "redirect-server.conf.j2",
+        indent=trusted(indent),
+        unit=trusted(unit),
+        listens=[trusted(listen) for listen in listens],
+        server_names=[trusted(name) for name in server_names],
+        acme_include=trusted(acme_include),
+        marker_begin=trusted(begin),
+        marker_end=trusted(end),
+    )
 
 
 def set_redirect_names(text: str, block: ServerBlock, names: Sequence[str]) -> str:

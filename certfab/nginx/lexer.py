@@ -331,6 +331,22 @@ def walk_statements(stmts: Sequence[Statement]) -> Iterator[Statement]:
             yield from walk_statements(st.children)
 
 
+def as_crossplane_reads(value: str) -> str:
+    """`value` (decoded with surrogateescape, byte-exact) as crossplane decodes the same bytes.
+
+    crossplane reads files as UTF-8 with replacement characters; certfab keeps undecodable bytes
+    as surrogates so it can write them back unchanged. Token boundaries are ASCII, so decoding one
+    token's bytes gives what crossplane decoded for it.
+    """
+    if value.isascii():
+        return value
+    try:
+        raw = value.encode("utf-8", errors="surrogateescape")
+    except UnicodeEncodeError:
+        return value  # a surrogate no byte decodes to: cannot come from a file
+    return raw.decode("utf-8", errors="replace")
+
+
 def _crossplane_check(text: str, path: str, tmpdir: str) -> list[Token]:
     """Validate `text` with crossplane and return its tokens with offsets."""
     tmp = os.path.join(tmpdir, "nginx.conf")
@@ -347,7 +363,7 @@ def _crossplane_check(text: str, path: str, tmpdir: str) -> list[Token]:
         raise NginxConfError(f"{where}: {msg}")
     ours = lex(text)
     theirs = [(str(t), int(n), bool(q)) for t, n, q in crossplane.lex(tmp)]
-    mine = [(t.value, t.line, t.quoted) for t in ours]
+    mine = [(as_crossplane_reads(t.value), t.line, t.quoted) for t in ours]
     if mine != theirs:
         bad = next(
             (a for a, b in zip(mine, theirs) if a != b),

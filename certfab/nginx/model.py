@@ -112,7 +112,7 @@ class ServerBlock:
     is_certfab_redirect: bool = False
     redirect_site: str | None = None
     tls_directives: tuple[TlsDirective, ...] = ()
-    prefix: str = "/etc/nginx"
+    prefix: str = "/etc/nginx"  # the main file's directory: relative include paths resolve against it
 
     def has_include(self, path: str) -> bool:
         """Whether the block includes `path` at server level (relative paths resolved)."""
@@ -148,7 +148,7 @@ class NginxTree:
     """A parsed configuration: files, the contexts they are included in, and http server blocks."""
 
     main: str
-    prefix: str
+    prefix: str  # the main file's directory: relative include paths resolve against it
     files: Mapping[str, str] = field(compare=False, repr=False)
     contexts: Mapping[str, tuple[tuple[str, ...], ...]] = field(compare=False, repr=False)
     server_blocks: tuple[ServerBlock, ...] = ()
@@ -168,15 +168,30 @@ class HostMatch:
         return self.how not in ("default_server", "first")
 
 
+ProblemKind = Literal[
+    "missing",
+    "default-only",
+    "duplicate-name",
+    "split-site",
+    "shared-block",
+    "foreign-https",
+    "foreign-names",
+    "plain-port",
+]
+
+
 @dataclass(frozen=True)
 class SiteProblem:
     """A preflight finding about a site's domains and the server blocks serving them."""
 
     site: str
-    kind: Literal["missing", "shared-block", "default-only", "duplicate-name", "split-site"]
+    kind: ProblemKind
     severity: Literal["error", "warning"]
     message: str
     domain: str | None = None
+    # shared-block: every site naming the block, and the block's file:line
+    sites: tuple[str, ...] = ()
+    where: str = ""
 
 
 def redirect_marker(site: str) -> tuple[str, str]:
@@ -190,7 +205,7 @@ def has_magic(pattern: str) -> bool:
 
 
 def resolve_path(prefix: str, path: str) -> str:
-    """An include argument as the absolute path nginx opens (relative to the conf prefix)."""
+    """An include argument as the absolute path nginx opens: relative to `prefix`, the main file's directory."""
     if not path.startswith("/"):
         path = posixpath.join(prefix, path)
     return posixpath.normpath(path)

@@ -91,39 +91,83 @@ def block_for_host(tree: NginxTree, name: str, port: int = 80) -> ServerBlock | 
     return match.block if match else None
 
 
-def check_sites(tree: NginxTree, sites: Mapping[str, tuple[str, ...]]) -> list[SiteProblem]:
-    """Preflight: how each site's domains are served on port 80, and what stands in the way.
+# Names that never match a request's host, so they need no certificate: the catch-all spelling
+# `_` and the empty name (requests without a Host header).
+_NOT_A_HOST = frozenset({"_", ""})
 
-    `missing` (no port-80 server at all) is reported as an error; callers that create a server
-    block for managed sites may treat it as expected.
+
+def _normal(name: str) -> str:
+    return name.lower().rstrip(".")
+
+
+def check_sites(
+    tree: NginxTree,
+    sites: Mapping[str, tuple[str, ...]],
+    https_includes: Mapping[str, str] | None = None,
+) -> list[SiteProblem]:
+    """Preflight: how each site's domains are served, and what stands in the way of HTTPS for them.
+
+    Without `https_includes` only port 80 is looked at; with it (site -> its https include path),
+    also what serving the sites over HTTPS needs (`foreign-https`, `foreign-names`, `plain-port`).
+
+    Errors:
+    - `missing`: no server block listens on port 80 (callers that write a server block for managed
+      sites may treat it, like `default-only`, as expected);
+    - `shared-block`: two sites are named in one server block (one block gets one certificate);
+    - `foreign-https`: a domain is already served on 443 by a block without that include, which certfab would not touch;
+    - `foreign-names`: a block certfab converts (or converted) for a site also names hosts outside
+      the site's domains (wildcards, regexes, other names): on 443 they would get a certificate
+      that does not cover them, so they are refused rather than moved silently. `_` and `""` match
+      no host and are allowed.
+    Warnings: `default-only` (only the catch-all default server answers), `duplicate-name`,
+    `split-site`, and `plain-port`: a block certfab converts also listens on other plain-HTTP
+    ports (a unix socket excepted), where it keeps serving the site without TLS.
     """
     problems: list[SiteProblem] = []
     users: dict[tuple[str, int], list[str]] = {}
     by_key = {(b.file, b.line): b for b in tree.server_blocks}
+    all_domains = {_normal(d) for domains in sites.values() for d in domains}
     for site, domains in sites.items():
+        include = https_includes.get(site) if https_includes is not None else None
         site_blocks: list[ServerBlock] = []
+        converted: list[ServerBlock] = []  # blocks that serve, or will serve, the site over HTTPS
         for domain in domains:
+            https: ServerBlock | None = None
+            if include is not None:
+                on_443 = match_host(tree, domain, 443)
+                if on_443 is not None and on_443.by_name:
+                    https = on_443.block
+                    if not https.has_include(include):
+                        problems.append(SiteProblem(
+                            site, "foreign-https", "error",
+                            f"{domain} is already served over HTTPS by {https.where}, which certfab does "
+                            "not manage; remove that block or the domain",
+                            domain,
+                        ))
+                        continue
+                    if https not in converted:
+                        converted.append(https)
             match = match_host(tree, domain, 80)
-            if match is None:
-                problems.append(
-                    SiteProblem(
-                        site, "missing", "error", f"{domain}: no server block listens on port 80", domain
-                    )
-                )
+            if match is None or not match.by_name:
+                if https is not None:
+                    continue  # served over HTTPS by the site's own block, with no port 80 to convert
+                if match is None:
+                    problems.append(SiteProblem(
+                        site, "missing", "error",
+                        f"no port-80 server block serves {domain}; add it to a server_name", domain,
+                    ))
+                else:
+                    problems.append(SiteProblem(
+                        site, "default-only", "warning",
+                        f"no port-80 server block serves {domain} by name, only the catch-all default "
+                        f"server at {match.block.where}; add it to a server_name",
+                        domain,
+                    ))
                 continue
             block = match.block
-            if not match.by_name:
-                problems.append(
-                    SiteProblem(
-                        site,
-                        "default-only",
-                        "warning",
-                        f"{domain}: served on port 80 only by the catch-all default server at "
-                        f"{block.where}; add it to a server_name",
-                        domain,
-                    )
-                )
-            elif match.how == "exact":
+            if block.is_certfab_redirect:
+                continue
+            if match.how == "exact":
                 others = [
                     b
                     for b in tree.server_blocks
@@ -132,43 +176,69 @@ def check_sites(tree: NginxTree, sites: Mapping[str, tuple[str, ...]]) -> list[S
                     and domain.lower() in map(str.lower, b.server_names)
                 ]
                 if others:
-                    problems.append(
-                        SiteProblem(
-                            site,
-                            "duplicate-name",
-                            "warning",
-                            f"{domain}: also named in {', '.join(b.where for b in others)}; nginx uses "
-                            f"{block.where} and ignores the others",
-                            domain,
-                        )
-                    )
+                    problems.append(SiteProblem(
+                        site, "duplicate-name", "warning",
+                        f"{domain}: also named in {', '.join(b.where for b in others)}; nginx uses "
+                        f"{block.where} and ignores the others",
+                        domain,
+                    ))
             if block not in site_blocks:
                 site_blocks.append(block)
+            if block not in converted:
+                converted.append(block)
             key = (block.file, block.line)
             if site not in users.setdefault(key, []):
                 users[key].append(site)
         if len(site_blocks) > 1:
-            problems.append(
-                SiteProblem(
-                    site,
-                    "split-site",
-                    "warning",
-                    f"site {site}: its domains are served by {len(site_blocks)} server blocks "
-                    f"({', '.join(b.where for b in site_blocks)}); each needs the certfab includes",
-                )
-            )
+            problems.append(SiteProblem(
+                site, "split-site", "warning",
+                f"its domains are served by {len(site_blocks)} server blocks "
+                f"({', '.join(b.where for b in site_blocks)}); each needs the certfab includes",
+            ))
+        if include is not None:
+            own = {_normal(d) for d in domains}
+            for block in converted:
+                problems += _names_and_ports(site, block, own, all_domains - own)
     for key, names in users.items():
         if len(names) > 1:
             where = by_key[key].where
             for site in names:
-                problems.append(
-                    SiteProblem(
-                        site,
-                        "shared-block",
-                        "error",
-                        f"sites {', '.join(names)} share the server block at {where}; "
-                        "give each site its own server block",
-                    )
-                )
+                problems.append(SiteProblem(
+                    site, "shared-block", "error",
+                    f"sites {', '.join(names)} share the server block at {where}; "
+                    "give each site its own server block",
+                    sites=tuple(names), where=where,
+                ))
     return problems
 
+
+def _names_and_ports(
+    site: str, block: ServerBlock, own: set[str], other_sites: set[str]
+) -> list[SiteProblem]:
+    """What a conversion to HTTPS would leave wrong on `block`: names outside the certificate, plain ports."""
+    problems: list[SiteProblem] = []
+    # a name of another site is reported as a shared block, not here
+    foreign = [
+        n for n in dict.fromkeys(block.server_names)
+        if _normal(n) not in own and _normal(n) not in other_sites and n not in _NOT_A_HOST
+    ]
+    if foreign:
+        problems.append(SiteProblem(
+            site, "foreign-names", "error",
+            f"{block.where}: the server block also names {' '.join(foreign)}, which the certificate of "
+            f"site {site} does not cover; move them to a server block of their own or add them to the site",
+            where=block.where,
+        ))
+    plain = [
+        lst for lst in block.listens
+        if not lst.ssl and lst.port not in (80, 443) and not (lst.address or "").startswith("unix:")
+    ]
+    if plain:
+        listed = ", ".join(f"{lst.port} ({lst.file}:{lst.line})" for lst in plain)
+        problems.append(SiteProblem(
+            site, "plain-port", "warning",
+            f"{block.where}: the server block also listens on plain-HTTP port {listed}; it keeps serving "
+            "the site without TLS there after the conversion to HTTPS",
+            where=block.where,
+        ))
+    return problems

@@ -189,11 +189,15 @@ class _TreeBuilder:
                     server.ssl_on = True
 
 
-def parse_tree(files: Mapping[str, str], main: str, prefix: str = "/etc/nginx") -> NginxTree:
-    """Parse the files nginx -T reported, following includes from `main`.
+def parse_tree(files: Mapping[str, str], main: str, prefix: str | None = None) -> NginxTree:
+    """Parse the files certfab read, following includes from `main`.
 
+    Relative include paths resolve against `prefix`, by default the directory of `main`: that is
+    what nginx does (`nginx -V`'s --prefix, /usr/share/nginx on Debian, plays no part in it).
     Raises NginxConfError naming file:line when a reachable file does not parse.
     """
+    if prefix is None:
+        prefix = posixpath.dirname(posixpath.normpath(main)) or "/"
     builder = _TreeBuilder(files, prefix)
     main_key = builder.norm.get(posixpath.normpath(main))
     if main_key is None:
