@@ -16,7 +16,6 @@ from certfab.paths import (
     ACME_CA,
     ACME_INCLUDE,
     CRON_FILE,
-    DHPARAM,
     MANAGED_SITE_DIR,
     RENEW_ENV,
     RENEW_SCRIPT,
@@ -163,7 +162,11 @@ def preflight(host: Host, facts: HostFacts) -> list[str]:
             )
         if problem.severity == "error":
             raise PreflightError(f"{name}: site {problem.site}: {problem.message}")
-    warnings += [f"{name}: site {p.site}: {p.message}" for p in problems if p.severity == "warning"]
+    warnings += [
+        f"{name}: site {p.site}: {p.message}"
+        for p in problems
+        if p.severity == "warning" and p.kind != "default-only"
+    ]
     competing = competing_renewal_jobs(facts.competing_renewal, facts.crontab)
     if competing:
         warnings.append(
@@ -217,8 +220,9 @@ def desired_state(
     if https_sites:
         dhparam = None
         if tls.needs_dhparam(host.tls.profile):
-            dhparam = DHPARAM
-            put(DHPARAM, tls.ffdhe2048_pem())
+            # tls.dhparam_bits picks the RFC 7919 group (ffdhe2048 unless set)
+            dhparam = tls.dhparam_path(host.tls.dhparam_bits)
+            put(dhparam, tls.ffdhe_pem(host.tls.dhparam_bits))
         put(TLS_OPTIONS, tls.render_tls_options(host.tls.profile, version, dhparam))
 
     for site in host.sites:

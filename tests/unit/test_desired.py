@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from certfab import tls
 from certfab.desired import (
     changed_writes,
     decide_certificate,
@@ -167,3 +168,106 @@ def test_preflight_refuses_a_config_that_already_fails():
     inv = inventory([EXAMPLE])
     with pytest.raises(PreflightError, match="nginx -t already fails"):
         preflight(inv.hosts[0], broken)
+
+
+def facts_with(files: dict[str, str], main: str = "/etc/nginx/nginx.conf") -> HostFacts:
+    """facts() with other nginx files; `prefix` is the main file's directory, as facts give it."""
+    base = facts()
+    nginx = replace(
+        base.nginx, conf_path=main, prefix=main.rsplit("/", 1)[0],
+        files={path: ConfigFile(path, path, text) for path, text in files.items()},
+    )
+    return replace(base, nginx=nginx)
+
+
+def debian_files(changes: dict[str, str] | None = None) -> dict[str, str]:
+    files = {path: f.text for path, f in facts().nginx.files.items()}
+    files.update(changes or {})
+    return files
+
+
+CAFE = "cafe.example.com"
+LATIN1_SITE = (
+    b"# caf\xe9 du coin \xab ne pas toucher \xbb\nserver {\n\tlisten 80;\n\tserver_name cafe.example.com;\n"
+    b"\troot /var/www/caf\xe9;\n}\n"
+)
+
+
+def converge(host, inv, current):
+    for https in (frozenset(), frozenset(s.name for s in host.sites)):
+        desired = desired_state(host, inv, current, https_sites=https, acme_ca_pem=None)
+        current = updated_facts_files(current, changed_writes(desired, current))
+        assert changed_writes(desired_state(host, inv, current, https_sites=https, acme_ca_pem=None),
+                              current) == []
+    return current
+
+
+def test_a_latin1_site_file_is_converted_and_keeps_its_bytes():
+    files = debian_files()
+    files["/etc/nginx/sites-enabled/cafe"] = LATIN1_SITE.decode("utf-8", errors="surrogateescape")
+    inv = inventory([{"name": "cafe", "domains": [CAFE]}])
+    current = facts_with(files)
+    assert preflight(inv.hosts[0], current) == []
+    current = converge(inv.hosts[0], inv, current)
+    raw = current.nginx.files["/etc/nginx/sites-enabled/cafe"].text.encode("utf-8", errors="surrogateescape")
+    assert raw.startswith(b"# caf\xe9 du coin \xab ne pas toucher \xbb\nserver {\n")
+    assert b"\troot /var/www/caf\xe9;\n" in raw and b"listen 443 ssl http2;" in raw
+
+
+RELATIVE = Path(__file__).parent / "nginx_trees" / "relative"
+
+
+def test_relative_includes_keep_every_server_block():
+    main = "/opt/nginx/conf/nginx.conf"
+    files = {
+        "/opt/nginx/conf/" + str(p.relative_to(RELATIVE)): p.read_text() for p in RELATIVE.rglob("*") if p.is_file()
+    }
+    inv = inventory([{"name": "shop", "domains": ["shop.example.org", "www.shop.example.org"]},
+                     {"name": "wiki", "domains": ["wiki.example.org"]}])
+    current = facts_with(files, main)
+    assert preflight(inv.hosts[0], current) == []
+    current = converge(inv.hosts[0], inv, current)
+    for name in ("shop", "wiki"):
+        text = current.nginx.files[f"/opt/nginx/conf/sites/{name}.conf"].text
+        assert f"include {site_include_path(name)};" in text and "return 301 https://" in text
+
+
+def test_names_outside_the_certificate_are_refused_in_one_line():
+    site = "server {\n\tlisten 80;\n\tserver_name cafe.example.com *.cafe.example.com;\n}\n"
+    inv = inventory([{"name": "cafe", "domains": [CAFE]}])
+    with pytest.raises(PreflightError) as refused:
+        preflight(inv.hosts[0], facts_with(debian_files({"/etc/nginx/sites-enabled/cafe": site})))
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith("web1: site cafe: /etc/nginx/sites-enabled/cafe:1: the server block also names "
+                              "*.cafe.example.com, which the certificate of site cafe does not cover")
+
+
+def test_other_plain_ports_are_a_warning_before_and_after_https():
+    site = "server {\n\tlisten 80;\n\tlisten 8081;\n\tserver_name cafe.example.com;\n}\n"
+    inv = inventory([{"name": "cafe", "domains": [CAFE]}])
+    current = facts_with(debian_files({"/etc/nginx/sites-enabled/cafe": site}))
+    expected = ("web1: site cafe: /etc/nginx/sites-enabled/cafe:1: the server block also listens on plain-HTTP "
+                "port 8081 (/etc/nginx/sites-enabled/cafe:3); it keeps serving the site without TLS there")
+    (warning,) = preflight(inv.hosts[0], current)
+    assert warning.startswith(expected)
+    current = converge(inv.hosts[0], inv, current)
+    assert "\tlisten 8081;\n" in current.nginx.files["/etc/nginx/sites-enabled/cafe"].text
+    (warning,) = preflight(inv.hosts[0], current)
+    assert warning.startswith(expected.replace("cafe:3", "cafe:5"))  # two includes came before it
+
+
+def test_dhparam_bits_picks_the_rfc_7919_group():
+    inv = parse_inventory(
+        {
+            "acme": {"email": "admin@example.com", "server": "staging"},
+            "defaults": {"renewal": {"admin_email": "ops@example.com"}, "tls": {"profile": "old", "dhparam_bits": 4096}},
+            "hosts": {"web1": {"address": "192.0.2.10", "sites": [EXAMPLE]}},
+        },
+        Path("inventory.yaml"),
+    )
+    desired = desired_state(inv.hosts[0], inv, facts(), https_sites=frozenset({"example"}), acme_ca_pem=None)
+    writes = {w.path: w.content for w in desired.writes}
+    assert writes["/etc/nginx/certfab/ffdhe4096.pem"] == tls.ffdhe_pem(4096)
+    assert "/etc/nginx/certfab/ffdhe2048.pem" not in writes
+    assert "ssl_dhparam /etc/nginx/certfab/ffdhe4096.pem;" in writes["/etc/nginx/certfab/tls-options.conf"]

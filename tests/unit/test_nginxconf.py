@@ -794,9 +794,12 @@ def self_signed(tmp: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
 
 
 def nginx_t(
-    files: Mapping[str, str], sites: list[str], tmp: pathlib.Path
+    files: Mapping[str, str], sites: list[str], tmp: pathlib.Path, main_dir: str = "/etc/nginx"
 ) -> subprocess.CompletedProcess[str]:
-    """Write `files` (plus certfab's includes) under tmp with paths rewritten, and run nginx -t."""
+    """Write `files` (plus certfab's includes) under tmp with paths rewritten, and run nginx -t.
+
+    Files are written byte-exactly (surrogateescape); the main file is `main_dir`/nginx.conf.
+    """
     conf = tmp / "conf"
     tmp.mkdir(parents=True, exist_ok=True)
     cert, key = self_signed(tmp)
@@ -807,6 +810,7 @@ def nginx_t(
     for site in sites:
         extra[site_include(site)] = f"ssl_certificate {cert};\nssl_certificate_key {key};\n"
     replacements = [
+        *([(main_dir, str(conf))] if main_dir != "/etc/nginx" else []),
         ("/etc/nginx", str(conf)),
         ("/etc/ssl/certs/ssl-cert-snakeoil.pem", str(cert)),
         ("/etc/ssl/private/ssl-cert-snakeoil.key", str(key)),
@@ -819,7 +823,7 @@ def nginx_t(
             path = path.replace(old, new)
         target = pathlib.Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text, newline="")
+        target.write_text(text, encoding="utf-8", errors="surrogateescape", newline="")
     assert NGINX is not None
     return subprocess.run(
         [NGINX, "-t", "-p", str(conf), "-c", str(conf / "nginx.conf"), "-e", str(tmp / "error.log")],
@@ -901,3 +905,154 @@ class TestSetRedirectNames:
         https = block(parse_tree(files, MAIN), "a.example", 443)
         with pytest.raises(NginxConfError, match="not a certfab redirect block"):
             set_redirect_names(files["/etc/nginx/site"], https, ("x.example",))
+
+
+# --------------------------------------------------------------------------- trees certfab used to get wrong
+
+LATIN1_SITE = (
+    b"# caf\xe9 du coin: written in Latin-1 long ago \xab ne pas toucher \xbb\n"
+    b"server {\n"
+    b"\tlisten 80;\n"
+    b"\tserver_name cafe.example.com;  # \xe9t\xe9 2019\n"
+    b"\tadd_header X-Menu \"cr\xe8me br\xfbl\xe9e\" always;\n"
+    b"\troot /var/www/caf\xe9;\n"
+    b"}\n"
+)
+RELATIVE_MAIN = "/opt/nginx/conf/nginx.conf"
+
+
+def load_at(name: str, directory: str) -> dict[str, str]:
+    """A fixture tree whose main file is `directory`/nginx.conf."""
+    return {path.replace("/etc/nginx", directory, 1): text for path, text in load(name).items()}
+
+
+def with_latin1_site() -> dict[str, str]:
+    files = load("debian")
+    files["/etc/nginx/sites-enabled/cafe"] = LATIN1_SITE.decode("utf-8", errors="surrogateescape")
+    return files
+
+
+class TestNonUtf8Bytes:
+    def test_a_latin1_file_parses_and_its_bytes_survive_the_edits(self, tmp_path: pathlib.Path) -> None:
+        files = with_latin1_site()
+        tree = parse_tree(files, MAIN)
+        assert block(tree, "cafe.example.com").file == "/etc/nginx/sites-enabled/cafe"
+        files = edit(files, "cafe.example.com", acme)
+        files = edit(files, "cafe.example.com", convert("cafe"))
+        new = files["/etc/nginx/sites-enabled/cafe"].encode("utf-8", errors="surrogateescape")
+        removed, added = diff(LATIN1_SITE.decode("latin-1"), new.decode("latin-1"))
+        assert removed == ["\tlisten 80;\n"]
+        assert added[:3] == [
+            f"\tinclude {site_include('cafe')};  # managed by certfab\n",
+            f"\tinclude {ACME};  # managed by certfab\n",
+            "\tlisten 443 ssl;\n",
+        ]
+        assert b"\troot /var/www/caf\xe9;\n" in new and b"\xab ne pas toucher \xbb" in new
+
+    def test_a_non_utf8_server_name_is_copied_to_the_redirect_byte_for_byte(self) -> None:
+        text = b"http {\nserver {\n    listen 80;\n    server_name caf\xe9.example;\n}\n}\n"
+        files = {MAIN: text.decode("utf-8", errors="surrogateescape")}
+        tree = parse_tree(files, MAIN)
+        (only,) = tree.server_blocks
+        new = convert_to_https(files[MAIN], only, https_include=site_include("cafe"), acme_include=ACME,
+                               http2_in_listen=False, site="cafe", tree=tree)
+        assert new.encode("utf-8", errors="surrogateescape").count(b"server_name caf\xe9.example;") == 2
+
+    @needs_nginx
+    def test_nginx_accepts_the_edited_tree(self, tmp_path: pathlib.Path) -> None:
+        files = edit(with_latin1_site(), "cafe.example.com", convert("cafe"))
+        result = nginx_t(files, ["cafe"], tmp_path)
+        assert result.returncode == 0, result.stderr
+
+
+class TestRelativeIncludes:
+    def test_relative_includes_resolve_against_the_main_files_directory(self) -> None:
+        tree = parse_tree(load_at("relative", "/opt/nginx/conf"), RELATIVE_MAIN)
+        assert tree.prefix == "/opt/nginx/conf"
+        assert [b.server_names for b in tree.server_blocks] == [
+            ("shop.example.org", "www.shop.example.org"),
+            ("wiki.example.org",),
+        ]
+        assert tree.unmatched_includes == ()
+        shop = block(tree, "shop.example.org")
+        assert shop.has_include("/opt/nginx/conf/snippets/headers.conf")
+        assert tree.contexts["/opt/nginx/conf/snippets/headers.conf"] == (("http", "server"),)
+
+    def test_the_install_prefix_finds_none_of_them(self) -> None:
+        # what resolving against `nginx -V`'s --prefix would see: no site at all
+        tree = parse_tree(load_at("relative", "/opt/nginx/conf"), RELATIVE_MAIN, "/opt/nginx")
+        assert tree.server_blocks == ()
+
+    @needs_nginx
+    def test_nginx_accepts_the_edited_tree(self, tmp_path: pathlib.Path) -> None:
+        files = load_at("relative", "/opt/nginx/conf")
+        for host, site in [("shop.example.org", "shop"), ("wiki.example.org", "wiki")]:
+            tree = parse_tree(files, RELATIVE_MAIN)
+            target = block(tree, host)
+            files[target.file] = add_include(files[target.file], target, ACME)
+            tree = parse_tree(files, RELATIVE_MAIN)
+            target = block(tree, host)
+            files[target.file] = convert_to_https(
+                files[target.file], target, https_include=site_include(site), acme_include=ACME,
+                http2_in_listen=False, site=site, tree=tree,
+            )
+        tree = parse_tree(files, RELATIVE_MAIN)
+        assert sum(b.is_certfab_redirect for b in tree.server_blocks) == 2
+        result = nginx_t(files, ["shop", "wiki"], tmp_path, main_dir="/opt/nginx/conf")
+        assert result.returncode == 0, result.stderr
+
+
+EXTRA_NAMES = """http {
+    server {
+        listen 80;
+        listen 8080;
+        listen unix:/run/shop.sock;
+        server_name shop.example *.shop.example ~^img\\d+\\.example$ _ "";
+    }
+    server {
+        listen 80;
+        server_name blog.example;
+    }
+}
+"""
+
+
+class TestHttpsReadiness:
+    def test_names_outside_the_certificate_are_an_error_naming_the_block(self) -> None:
+        tree = parse_tree({MAIN: EXTRA_NAMES}, MAIN)
+        problems = check_sites(tree, {"shop": ("shop.example",)}, {"shop": site_include("shop")})
+        (names,) = [p for p in problems if p.kind == "foreign-names"]
+        assert names.severity == "error" and "\n" not in names.message
+        assert names.message.startswith(f"{MAIN}:2: the server block also names *.shop.example ~^img\\d+\\.example$,")
+
+    def test_other_plain_ports_are_a_warning(self) -> None:
+        tree = parse_tree({MAIN: EXTRA_NAMES}, MAIN)
+        problems = check_sites(tree, {"shop": ("shop.example",)}, {"shop": site_include("shop")})
+        (plain,) = [p for p in problems if p.kind == "plain-port"]
+        assert plain.severity == "warning"
+        assert f"plain-HTTP port 8080 ({MAIN}:4)" in plain.message and "unix" not in plain.message
+
+    def test_names_of_another_site_are_a_shared_block_not_foreign(self) -> None:
+        tree = parse_tree({MAIN: "http { server { listen 80; server_name a.example b.example; } }\n"}, MAIN)
+        sites = {"a": ("a.example",), "b": ("b.example",)}
+        problems = check_sites(tree, sites, {s: site_include(s) for s in sites})
+        assert sorted(p.kind for p in problems) == ["shared-block", "shared-block"]
+
+    def test_a_converted_block_is_still_checked(self) -> None:
+        files = edit({MAIN: EXTRA_NAMES}, "shop.example", convert("shop"))
+        tree = parse_tree(files, MAIN)
+        problems = check_sites(tree, {"shop": ("shop.example",)}, {"shop": site_include("shop")})
+        assert sorted(p.kind for p in problems) == ["foreign-names", "plain-port"]
+
+    def test_without_https_includes_only_port_80_is_looked_at(self) -> None:
+        tree = parse_tree({MAIN: EXTRA_NAMES}, MAIN)
+        assert check_sites(tree, {"shop": ("shop.example",)}) == []
+
+    @needs_nginx
+    def test_the_plain_port_keeps_serving_after_conversion(self, tmp_path: pathlib.Path) -> None:
+        text = EXTRA_NAMES.replace(" *.shop.example ~^img\\d+\\.example$ _ \"\"", "").replace(
+            "listen unix:/run/shop.sock;", f"listen unix:{tmp_path}/shop.sock;")
+        files = edit({MAIN: "events {}\n" + text}, "shop.example", convert("shop"))
+        assert "        listen 8080;\n" in files[MAIN]
+        result = nginx_t(files, ["shop"], tmp_path)
+        assert result.returncode == 0, result.stderr

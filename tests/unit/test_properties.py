@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -437,3 +438,28 @@ def test_sh_and_nginx_are_available_for_the_render_checks() -> None:
     if not HAS_NGINX:
         pytest.skip("no /usr/sbin/nginx or not root: rendered files are compared but not given to nginx -t")
     assert re.match(r"\d", ".".join(map(str, nginx_versions().nginx_version)))
+
+
+def test_a_latin1_byte_in_the_existing_site_is_kept_and_nginx_accepts_both_phases() -> None:
+    """One non-UTF-8 byte (a Latin-1 comment) neither refuses the host nor changes outside the edits."""
+    inventory = FIELDS["existing-site"].inventory(FIELDS["existing-site"].reference)
+    facts = host_facts(inventory)
+    assert facts.nginx is not None
+    path = "/etc/nginx/sites-enabled/plain"
+    latin1 = "# caf\udce9 cr\udce8me\n" + facts.nginx.files[path].text
+    facts = replace(facts, nginx=replace(facts.nginx, files={**facts.nginx.files, path: ConfigFile(path, path, latin1)}))
+    host = inventory.hosts[0]
+    assert preflight(host, facts) == []
+    files: dict[str, str] = {}
+    for phase, https in (("http", frozenset()), ("https", frozenset(s.name for s in host.sites))):
+        desired = desired_state(host, inventory, facts, https_sites=https, acme_ca_pem=CA_PEM)
+        state = updated_facts_files(facts, changed_writes(desired, facts))
+        assert state.nginx is not None
+        text = state.nginx.files[path].text
+        assert text.encode("utf-8", errors="surrogateescape").startswith(b"# caf\xe9 cr\xe8me\n# ")
+        files.update({f"{phase}:{f.real_path}": f.text for f in state.nginx.files.values()})
+        files.update({f"{phase}:{p}": t for p, t in state.owned_files.items()})
+    if HAS_NGINX:
+        for phase in ("http", "https"):
+            problem = nginx_test(files, phase, inventory)
+            assert problem is None, f"nginx -t refused the {phase} phase:\n{problem}"

@@ -188,6 +188,44 @@ class TestDhParams:
         assert isinstance(theirs, dh.DHParameters)
         assert theirs.parameter_numbers().p == tls.FFDHE2048_P
 
+    @pytest.mark.parametrize("bits", tls.DHPARAM_BITS)
+    def test_every_size_is_the_rfc_7919_group(self, bits: int, tmp_path: Path) -> None:
+        params = serialization.load_pem_parameters(tls.ffdhe_pem(bits).encode())
+        assert isinstance(params, dh.DHParameters)
+        numbers = params.parameter_numbers()
+        assert (numbers.g, numbers.p.bit_length(), numbers.p) == (2, bits, tls.FFDHE_PRIMES[bits])
+        # RFC 7919 section 3: p = 2^b - 2^(b-64) + {[2^(b-130) e] + X} * 2^64 - 1
+        x = {2048: 560316, 3072: 2625351, 4096: 5736041}[bits]
+        assert numbers.p == 2**bits - 2 ** (bits - 64) + (_floor_2n_e(bits - 130) + x) * 2**64 - 1
+        if shutil.which("openssl") is not None:
+            out = tmp_path / "group.pem"
+            made = subprocess.run(
+                ["openssl", "genpkey", "-genparam", "-algorithm", "DH", "-pkeyopt", f"group:ffdhe{bits}",
+                 "-out", str(out)], check=False, capture_output=True,
+            )
+            if made.returncode == 0:
+                theirs = serialization.load_pem_parameters(out.read_bytes())
+                assert isinstance(theirs, dh.DHParameters)
+                assert theirs.parameter_numbers().p == numbers.p
+
+    def test_default_size_and_paths(self) -> None:
+        assert tls.ffdhe_pem(None) == tls.ffdhe2048_pem() == tls.ffdhe_pem(2048)
+        assert tls.dhparam_path(None) == DHPARAM
+        assert tls.dhparam_path(4096) == "/etc/nginx/certfab/ffdhe4096.pem"
+        with pytest.raises(InventoryError, match="dhparam_bits must be one of 2048, 3072, 4096, not 1024"):
+            tls.ffdhe_pem(1024)
+
+
+def _floor_2n_e(n: int) -> int:
+    """floor(2^n * e), from the series of e with 64 guard bits."""
+    one = 1 << (n + 64)
+    total, term, k = 0, one, 0
+    while term:
+        total += term
+        k += 1
+        term //= k
+    return total >> 64
+
     def test_dhparam_command(self) -> None:
         cmd = tls.dhparam_command(3072, "/etc/nginx/certfab/dhparam.pem")
         assert cmd.startswith("openssl dhparam -out /etc/nginx/certfab/dhparam.pem.tmp 3072")
@@ -364,16 +402,19 @@ def _host_tls() -> tls.HostTls:
 
 
 @pytest.mark.skipif(not (os.path.exists(NGINX) and os.geteuid() == 0), reason="needs /usr/sbin/nginx and root")
-@pytest.mark.parametrize("profile", tls.PROFILES)
-def test_nginx_accepts_rendered_config_without_warnings(tmp_path: Path, profile: str) -> None:
+@pytest.mark.parametrize(
+    ("profile", "bits"), [*((p, 2048) for p in tls.PROFILES), ("old", 3072), ("old", 4096)]
+)
+def test_nginx_accepts_rendered_config_without_warnings(tmp_path: Path, profile: str, bits: int) -> None:
     host = _host_tls()
     if profile == "modern" and not tls.supports_tls13(host):
         pytest.skip("this nginx cannot do TLS 1.3")
     style = tls.http2_style(host)
     inc = tmp_path / "certfab"
     inc.mkdir()
-    (inc / "ffdhe2048.pem").write_text(tls.ffdhe2048_pem())
-    (inc / "tls-options.conf").write_text(tls.render_tls_options(profile, host, str(inc / "ffdhe2048.pem")))
+    dhparam = inc / f"ffdhe{bits}.pem"
+    dhparam.write_text(tls.ffdhe_pem(bits))
+    (inc / "tls-options.conf").write_text(tls.render_tls_options(profile, host, str(dhparam)))
     webroot = tmp_path / "webroot"
     (webroot / ".well-known" / "acme-challenge").mkdir(parents=True)
     (inc / "acme-challenge.conf").write_text(tls.render_acme_include(str(webroot)))
