@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import shlex
 from functools import lru_cache
 from pathlib import Path
@@ -109,6 +110,29 @@ def _trusted_filter(value: object) -> Trusted:
     return Trusted(str(value))
 
 
+class _CompiledTemplates(jinja2.FileSystemBytecodeCache):
+    """Compiled templates kept between runs, so a command does not compile the same scripts again.
+
+    Jinja's per-user directory in the temp dir (created 0700, refused unless it is the user's own). An
+    entry holds only while both its template and this module (the environment's options) are unchanged.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(pattern="certfab-%s.cache")
+        self.module_digest = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+
+    def get_source_checksum(self, source: str) -> str:
+        return hashlib.sha256(f"{self.module_digest}\0{source}".encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _bytecode_cache() -> jinja2.BytecodeCache | None:
+    """The cache of compiled templates, or None where no safe directory for it exists."""
+    try:
+        return _CompiledTemplates()
+    except (OSError, RuntimeError):
+        return None
+
+
 @lru_cache(maxsize=1)
 def environment() -> jinja2.Environment:
     """Return the one Jinja2 environment for every template in TEMPLATES_DIR (host files and the HTML report).
@@ -128,6 +152,7 @@ def environment() -> jinja2.Environment:
             default=False,
         ),
         finalize=_finalize,
+        bytecode_cache=_bytecode_cache(),
     )
     env.filters["shq"] = _shell_quote
     env.filters["trusted"] = _trusted_filter

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tomllib
 from fnmatch import fnmatch
 from pathlib import Path
 
+import jinja2
 import pytest
 
 from certfab import templating
@@ -67,6 +67,7 @@ def test_templates_are_found_in_the_checkout() -> None:
 
 def test_the_wheel_maps_every_template_into_the_package() -> None:
     """Each file under templates/ lands in a package of the wheel (a new subdirectory needs a mapping)."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     setuptools = tomllib.loads((REPO_DIR / "pyproject.toml").read_text())["tool"]["setuptools"]
     package_dirs = {REPO_DIR / folder: package for package, folder in setuptools["package-dir"].items()}
     assert set(package_dirs.values()) <= set(setuptools["packages"])
@@ -75,3 +76,18 @@ def test_the_wheel_maps_every_template_into_the_package() -> None:
         assert package is not None, f"{path.relative_to(REPO_DIR)}: its directory is in no package of the wheel"
         patterns = setuptools["package-data"].get(package, [])
         assert any(fnmatch(path.name, pattern) for pattern in patterns), f"{path.name}: not in {package}'s data"
+
+
+def test_a_compiled_template_is_used_only_while_its_source_is_unchanged(tmp_path: Path) -> None:
+    template = tmp_path / "probe.sh.j2"
+
+    def rendered() -> str:
+        env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(tmp_path)),
+                                 bytecode_cache=templating._CompiledTemplates())
+        return env.get_template("probe.sh.j2").render(name="web1")
+
+    template.write_text("echo {{ name }} one\n")
+    assert rendered() == "echo web1 one"
+    assert rendered() == "echo web1 one"  # the second process-like environment loads the compiled code
+    template.write_text("echo {{ name }} two\n")
+    assert rendered() == "echo web1 two"
