@@ -7,6 +7,7 @@ cryptography and the certfab core are imported by the task body that uses them.
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -18,6 +19,9 @@ def reports_errors(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        # Invoke turns bytecode writing off for the whole process (its --write-pyc); the core's modules
+        # get Python's own choice back (-B, PYTHONDONTWRITEBYTECODE), or a checkout compiles them every run.
+        sys.dont_write_bytecode = bool(sys.flags.dont_write_bytecode)
         from certfab.cli import reports_errors as reporting
 
         return reporting(func)(*args, **kwargs)

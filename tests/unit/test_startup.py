@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from fnmatch import fnmatch
@@ -91,3 +92,24 @@ def test_a_compiled_template_is_used_only_while_its_source_is_unchanged(tmp_path
     assert rendered() == "echo web1 one"  # the second process-like environment loads the compiled code
     template.write_text("echo {{ name }} two\n")
     assert rendered() == "echo web1 two"
+
+
+@pytest.mark.parametrize("python_says_write", [True, False])
+def test_a_task_imports_the_core_with_pythons_own_bytecode_setting(python_says_write: bool) -> None:
+    """Invoke switches bytecode writing off for the process; a task body gets Python's setting back."""
+    code = (
+        "import sys\n"
+        "from invoke.context import Context\n"
+        "from tasks.deferred import reports_errors\n"
+        "seen = []\n"
+        "def body(c): seen.append(sys.dont_write_bytecode)\n"
+        "sys.dont_write_bytecode = True  # as Invoke leaves it\n"
+        "reports_errors(body)(Context())\n"
+        "print(seen[0])\n"
+    )
+    flags = [] if python_says_write else ["-B"]
+    result = subprocess.run([sys.executable, *flags, "-c", code], cwd=REPO_DIR, capture_output=True, text=True,
+                            check=False, timeout=60, env={k: v for k, v in os.environ.items()
+                                                          if k != "PYTHONDONTWRITEBYTECODE"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(not python_says_write)
