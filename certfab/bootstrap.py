@@ -2,31 +2,23 @@
 
 from __future__ import annotations
 
-import difflib
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Literal
 
 from certfab.certs import parse_pem
-from certfab.desired import (
-    CertDecision,
-    changed_writes,
-    current_files,
-    decide_certificate,
-    desired_state,
-    preflight,
-    updated_facts_files,
-)
-from certfab.errors import ApplyError, CertfabError, ConnectError, PreflightError
+from certfab.desired import changed_writes, current_files, desired_state
+from certfab.errors import ApplyError, CertfabError, ConnectError
 from certfab.facts import HostFacts
 from certfab.fleet import HostSession
 from certfab.gather import gather, read_host, stamp_if_converged, write_stamp
 from certfab.hostlock import HostLock
 from certfab.issue import issue_context, parse_issue_reply
-from certfab.nginxconf import NginxConfError
+from certfab.plan import Plan, make_plan
 from certfab.remote import Remote
-from certfab.stamp import Unchanged, input_key
+from certfab.stamp import Observed, Unchanged, input_key
 from certfab.transaction import (
     EXIT_NGINX_TEST_FAILED,
     EXIT_RELOAD_FAILED,
@@ -42,22 +34,40 @@ from certfab.transaction import (
 )
 from certfab.verify import verify_site
 
+CertOutcome = Literal["kept", "issued", "keep", "order"]
+
 
 @dataclass
 class BootstrapResult:
-    """The recap of one host: what changed, what was planned, what was kept."""
+    """The recap of one host: its plan, and what the run did with it."""
 
     host: str
-    changes: list[str] = field(default_factory=list)
-    certificates: dict[str, str] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    diffs: list[str] = field(default_factory=list)
-    requests: list[str] = field(default_factory=list)
+    plan: Plan | None = None
+    # Check mode: the plan was only shown.
     planned: bool = False
+    # What this run changed on the host, in order (committed, or finished before a failure).
+    applied: list[str] = field(default_factory=list)
+    certificates: dict[str, CertOutcome] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def changes(self) -> list[str]:
+        """What changed, or in check mode what would change."""
+        if self.planned:
+            return self.plan.describe() if self.plan is not None else []
+        return self.applied
 
     @property
     def changed(self) -> bool:
         return bool(self.changes)
+
+    @property
+    def diffs(self) -> list[str]:
+        return [f.diff for f in self.plan.files] if self.planned and self.plan is not None else []
+
+    @property
+    def requests(self) -> list[str]:
+        return [o.describe() for o in self.plan.orders] if self.planned and self.plan is not None else []
 
 
 def new_run_id() -> str:
@@ -72,24 +82,6 @@ def read_acme_ca(path: Path | None) -> str | None:
     if "PRIVATE KEY" in text:
         raise CertfabError(f"{path}: acme.ca_bundle contains a private key; give only certificates")
     return text
-
-
-def file_diffs(writes: list[FileWrite], before: dict[str, str]) -> list[str]:
-    """Unified diffs of every planned write against the host's current files."""
-    diffs = []
-    for write in writes:
-        old = before.get(write.path)
-        diffs.append(
-            "".join(
-                difflib.unified_diff(
-                    (old or "").splitlines(keepends=True),
-                    write.content.splitlines(keepends=True),
-                    fromfile=write.path if old is not None else "/dev/null",
-                    tofile=write.path,
-                )
-            )
-        )
-    return diffs
 
 
 def _describe(writes: list[FileWrite], before: dict[str, str]) -> list[str]:
@@ -132,9 +124,9 @@ class HostRun:
         reply = self.remote.check_script("rollback.sh.j2", what="rolling back an unfinished run",
                                          context=rollback_context())
         if reply.has("committed"):
-            self.result.changes.append("finished the commit of an unfinished earlier run")
+            self.result.applied.append("finished the commit of an unfinished earlier run")
         else:
-            self.result.changes.append("rolled back an unfinished earlier run")
+            self.result.applied.append("rolled back an unfinished earlier run")
         return gather(self.remote)
 
     def apply(self, writes: list[FileWrite], what: str) -> None:
@@ -231,7 +223,7 @@ def expected_fingerprints(facts: HostFacts, issued: dict[str, str]) -> dict[str,
 
 def bootstrap_host(session: HostSession, *, check: bool, acme_ca_pem: str | None,
                    now: datetime | None = None) -> BootstrapResult:
-    """Run bootstrap on one connected host (or only plan it with check=True)."""
+    """Plan one connected host and, unless check=True, carry the plan out."""
     run = HostRun(session, acme_ca_pem=acme_ca_pem, now=now or datetime.now(timezone.utc))
     result = run.result
     host = session.host
@@ -245,104 +237,16 @@ def bootstrap_host(session: HostSession, *, check: bool, acme_ca_pem: str | None
             result.warnings += seen.warnings
             return result
         facts = seen.facts
-        if facts.journal.strip():
-            if check:
-                result.warnings.append(f"{host.name}: an unfinished earlier run will be rolled back first")
-            else:
-                facts = run.recover(facts)
-        result.warnings += preflight(host, facts)
-        decisions: dict[str, CertDecision] = {s.name: decide_certificate(s, facts, run.now) for s in host.sites}
-        ready = frozenset(name for name, d in decisions.items() if not d.needs_order)
-        orders = [s for s in host.sites if decisions[s.name].needs_order]
-        before = current_files(facts)
-
-        all_sites = frozenset(s.name for s in host.sites)
-        try:
-            desired_a = desired_state(host, session.inventory, facts, https_sites=ready, acme_ca_pem=acme_ca_pem)
-            writes_a = expect_as_read(changed_writes(desired_a, facts), before)
-            facts_a = updated_facts_files(facts, writes_a)
-            # Every edit up to full HTTPS must be possible before a file is written or a certificate ordered.
-            desired_full = desired_state(host, session.inventory, facts_a, https_sites=all_sites,
-                                         acme_ca_pem=acme_ca_pem)
-        except NginxConfError as exc:
-            raise PreflightError(f"{host.name}: {exc}") from None
-
+        if facts.journal.strip() and not check:
+            facts = run.recover(facts)
+        plan = make_plan(host, session.inventory, facts, now=run.now, acme_ca_pem=acme_ca_pem)
+        result.plan = plan
+        result.warnings += [w for w in plan.warnings if w not in result.warnings]
         if check:
             result.planned = True
-            final = {w.path: w for w in writes_a}
-            final.update({w.path: w for w in changed_writes(desired_full, facts_a)})
-            writes = list(final.values())
-            result.diffs = file_diffs(writes, before)
-            result.changes = _describe(writes, before)
-            result.requests = [f"would request a certificate for {site.name} ({', '.join(site.domains)}): "
-                               f"{decisions[site.name].reason}" for site in orders]
-            result.changes += result.requests
-            result.certificates = {n: ("keep" if not d.needs_order else "order") for n, d in decisions.items()}
+            result.certificates = {c.site: ("order" if c.needs_order else "keep") for c in plan.certificates}
             return result
-
-        result.certificates = {n: "kept" for n in ready}
-        if not writes_a and not orders:
-            if key is not None and facts is seen.facts:
-                write_stamp(session.remote, key=key, observed=seen, warnings=result.warnings, now=run.now)
-            return result
-        run.take_lock()
-        expected = expected_fingerprints(facts, {})
-        plumbing: list[str] = []
-        if writes_a:
-            # With certificates already on disk this one transaction also carries the HTTPS configuration.
-            what = "applying ACME plumbing and HTTPS configuration" if ready else "installing ACME plumbing"
-            # With certificates to order, the plumbing stays in this run's open journal until the
-            # HTTPS switch has verified, so a failed switch restores every file of the run.
-            run.switch(writes_a, sorted(ready), expected, what, commit=not orders)
-            plumbing = _describe(writes_a, before)
-            result.changes += plumbing
-        if not orders:
-            if key is not None:
-                stamp_if_converged(session.remote, session.inventory, key=key, acme_ca_pem=acme_ca_pem, now=run.now)
-            return result
-
-        session.step(f"requesting {len(orders)} certificate(s)")
-        forced = [(s, decisions[s.name].action == "renew") for s in orders]
-        issue_reply = session.remote.script(
-            "issue.sh.j2", what="requesting certificates",
-            context=issue_context(run.run_id, host, session.inventory, forced, acme_ca=acme_ca_pem is not None),
-        )
-        issued = parse_issue_reply(issue_reply)
-        if not issued.issued:
-            # Nothing to switch to HTTPS: keep the ACME plumbing, so the challenge path can be examined.
-            run.commit()
-        if issued.image_missing is not None:
-            raise ApplyError(f"{host.name}: certbot image {host.certbot.image} is missing and could not be "
-                             f"pulled: {issued.image_missing}")
-        if issued.selftest_failures:
-            raise ApplyError(f"{host.name}: HTTP-01 self-test failed, no certificate was requested: "
-                             + "; ".join(issued.selftest_failures))
-        for name in issued.issued:
-            result.certificates[name] = "issued"
-            result.changes.append(f"issued certificate {name} ({decisions[name].reason})")
-        if issue_reply.exited == EXIT_UNSAFE_DIR:
-            raise ApplyError(f"{host.name}: {issue_reply.last_error_line()}")
-        if not issue_reply.ok and not issued.issued:
-            detail = "; ".join(issued.certbot_failures) or " ".join(issue_reply.last_error_line().split())[-300:]
-            raise ApplyError(f"{host.name}: certbot failed: {detail}")
-
-        https_now = ready | frozenset(issued.issued)
-        desired_b = desired_state(host, session.inventory, facts_a, https_sites=https_now, acme_ca_pem=acme_ca_pem)
-        writes_b = expect_as_read(changed_writes(desired_b, facts_a), current_files(facts_a))
-        if writes_b:
-            try:
-                run.switch(writes_b, sorted(https_now), expected_fingerprints(facts, issued.issued),
-                           "switching to HTTPS")
-            except ApplyError as exc:
-                # Files are back as they were before this run; the certificates are kept for the next.
-                result.changes = [c for c in result.changes if c not in plumbing]
-                raise ApplyError(f"{exc}; the new certificates stay in place for the next run") from None
-            result.changes += _describe(writes_b, before)
-        run.commit()
-        if issued.certbot_failures:
-            raise ApplyError(f"{host.name}: certbot failed for " + "; ".join(issued.certbot_failures))
-        if key is not None:
-            stamp_if_converged(session.remote, session.inventory, key=key, acme_ca_pem=acme_ca_pem, now=run.now)
+        execute(run, plan, seen if facts is seen.facts else None, key)
         return result
     except CertfabError as exc:
         # The recap still lists what was committed before the failure.
@@ -350,3 +254,83 @@ def bootstrap_host(session: HostSession, *, check: bool, acme_ca_pem: str | None
         raise
     finally:
         run.release()
+
+
+def execute(run: HostRun, plan: Plan, observed: Observed | None, key: str | None) -> None:
+    """Carry out a plan: plumbing (and HTTPS for kept certificates), orders, the HTTPS switch, the stamp."""
+    session, host, result = run.session, run.host, run.result
+    ready = plan.ready_sites
+    result.certificates = {name: "kept" for name in sorted(ready)}
+    if plan.empty:
+        if key is not None and observed is not None:
+            write_stamp(session.remote, key=key, observed=observed, warnings=result.warnings, now=run.now)
+        return
+    run.take_lock()
+    # The host's files before the run, for "created" or "updated" in the recap.
+    before = {f.path: f.before for f in plan.files if f.before is not None}
+    expected = expected_fingerprints(plan.facts_after_plumbing, {})
+    plumbing: list[str] = []
+    orders = plan.orders
+    if plan.plumbing_writes:
+        # With certificates already on disk this one transaction also carries the HTTPS configuration.
+        what = "applying ACME plumbing and HTTPS configuration" if ready else "installing ACME plumbing"
+        # With certificates to order, the plumbing stays in this run's open journal until the
+        # HTTPS switch has verified, so a failed switch restores every file of the run.
+        run.switch(list(plan.plumbing_writes), sorted(ready), expected, what, commit=not orders)
+        plumbing = _describe(list(plan.plumbing_writes), before)
+        result.applied += plumbing
+    if not orders:
+        if key is not None:
+            stamp_if_converged(session.remote, session.inventory, key=key, acme_ca_pem=run.acme_ca_pem, now=run.now)
+        return
+
+    session.step(f"requesting {len(orders)} certificate(s)")
+    sites = {s.name: s for s in host.sites}
+    forced = [(sites[o.site], o.forced) for o in orders]
+    issue_reply = session.remote.script(
+        "issue.sh.j2", what="requesting certificates",
+        context=issue_context(run.run_id, host, session.inventory, forced, acme_ca=run.acme_ca_pem is not None),
+    )
+    issued = parse_issue_reply(issue_reply)
+    if not issued.issued:
+        # Nothing to switch to HTTPS: keep the ACME plumbing, so the challenge path can be examined.
+        run.commit()
+    if issued.image_missing is not None:
+        raise ApplyError(f"{host.name}: certbot image {host.certbot.image} is missing and could not be "
+                         f"pulled: {issued.image_missing}")
+    if issued.selftest_failures:
+        raise ApplyError(f"{host.name}: HTTP-01 self-test failed, no certificate was requested: "
+                         + "; ".join(issued.selftest_failures))
+    reasons = {o.site: o.reason for o in orders}
+    for name in issued.issued:
+        result.certificates[name] = "issued"
+        result.applied.append(f"issued certificate {name} ({reasons[name]})")
+    if issue_reply.exited == EXIT_UNSAFE_DIR:
+        raise ApplyError(f"{host.name}: {issue_reply.last_error_line()}")
+    if not issue_reply.ok and not issued.issued:
+        detail = "; ".join(issued.certbot_failures) or " ".join(issue_reply.last_error_line().split())[-300:]
+        raise ApplyError(f"{host.name}: certbot failed: {detail}")
+
+    https_now = ready | frozenset(issued.issued)
+    facts_a = plan.facts_after_plumbing
+    if https_now == frozenset(sites):
+        writes_b = list(plan.https_writes)
+    else:
+        # Some orders failed: switch only the sites that have their certificate now.
+        desired_b = desired_state(host, session.inventory, facts_a, https_sites=https_now,
+                                  acme_ca_pem=run.acme_ca_pem)
+        writes_b = expect_as_read(changed_writes(desired_b, facts_a), current_files(facts_a))
+    if writes_b:
+        try:
+            run.switch(writes_b, sorted(https_now), expected_fingerprints(facts_a, issued.issued),
+                       "switching to HTTPS")
+        except ApplyError as exc:
+            # Files are back as they were before this run; the certificates are kept for the next.
+            result.applied = [c for c in result.applied if c not in plumbing]
+            raise ApplyError(f"{exc}; the new certificates stay in place for the next run") from None
+        result.applied += _describe(writes_b, before)
+    run.commit()
+    if issued.certbot_failures:
+        raise ApplyError(f"{host.name}: certbot failed for " + "; ".join(issued.certbot_failures))
+    if key is not None:
+        stamp_if_converged(session.remote, session.inventory, key=key, acme_ca_pem=run.acme_ca_pem, now=run.now)

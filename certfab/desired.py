@@ -6,6 +6,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Literal
 
 from certfab import nginxconf, renewal, tls
 from certfab.certs import parse_pem
@@ -28,13 +29,19 @@ from certfab.transaction import FileWrite
 RENEW_FRACTION = 1 / 3
 
 
+CertAction = Literal["keep", "issue", "renew", "change-names"]
+# Why a certificate is kept or ordered, for people (reason) and for programs (cause).
+CertCause = Literal["valid", "no-certificate", "unreadable", "names-changed", "expired", "lifetime-left"]
+
+
 @dataclass(frozen=True)
 class CertDecision:
     """Whether a site needs an ACME order, and why."""
 
     site: str
-    action: str  # "keep" | "issue" | "renew" | "change-names"
+    action: CertAction
     reason: str
+    cause: CertCause = "valid"
 
     @property
     def needs_order(self) -> bool:
@@ -45,21 +52,22 @@ def decide_certificate(site: Site, facts: HostFacts, now: datetime) -> CertDecis
     """Keep a valid certificate with exactly the site's names; otherwise say what to order."""
     lineage = facts.lineages.get(site.name)
     if lineage is None:
-        return CertDecision(site.name, "issue", "no certificate yet")
+        return CertDecision(site.name, "issue", "no certificate yet", "no-certificate")
     try:
         info = parse_pem(lineage.cert_pem)
     except ValueError as exc:
-        return CertDecision(site.name, "issue", f"existing certificate unreadable ({exc})")
+        return CertDecision(site.name, "issue", f"existing certificate unreadable ({exc})", "unreadable")
     wanted, have = set(site.domains), set(info.names)
     if wanted != have:
         added = ", ".join(sorted(wanted - have)) or "-"
         removed = ", ".join(sorted(have - wanted)) or "-"
-        return CertDecision(site.name, "change-names", f"names changed (+{added}; -{removed})")
+        return CertDecision(site.name, "change-names", f"names changed (+{added}; -{removed})", "names-changed")
     if info.not_after <= now:
-        return CertDecision(site.name, "renew", "certificate expired")
+        return CertDecision(site.name, "renew", "certificate expired", "expired")
     if info.fraction_left(now) < RENEW_FRACTION:
-        return CertDecision(site.name, "renew", f"{info.days_left(now)} days left of {info.lifetime.days}")
-    return CertDecision(site.name, "keep", f"valid until {info.not_after:%Y-%m-%d}, names unchanged")
+        return CertDecision(site.name, "renew", f"{info.days_left(now)} days left of {info.lifetime.days}",
+                            "lifetime-left")
+    return CertDecision(site.name, "keep", f"valid until {info.not_after:%Y-%m-%d}, names unchanged", "valid")
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,8 @@ def recap_rows(outcomes: list[HostOutcome[BootstrapResult]]) -> list[dict[str, A
                 "host": outcome.host,
                 "status": host_status(outcome),
                 "changes": value.changes if value else [],
+                # What this run did change on the host (empty in check mode, whatever the plan says).
+                "done": ([] if value.planned else list(value.applied)) if value else [],
                 "certificates": value.certificates if value else {},
                 "warnings": value.warnings if value else [],
                 "error": " ".join(outcome.error.split()) if outcome.error else None,
@@ -58,7 +60,7 @@ def recap_table(rows: list[dict[str, Any]], title: str) -> Table:
     for row in rows:
         certs = ", ".join(f"{k} {v}" for k, v in sorted(row["certificates"].items())) or "-"
         if row["error"]:
-            done = [c for c in row["changes"] if not c.startswith("would ")]
+            done = row.get("done", [])
             details = row["error"] + (f" (done before the failure: {'; '.join(done)})" if done else "")
         elif row["changes"]:
             details = "; ".join(row["changes"][:4]) + (f" (+{len(row['changes']) - 4} more)" if len(row["changes"]) > 4 else "")

@@ -114,7 +114,12 @@ def _bootstrap_fleet(c: Context, hosts: tuple[Host, ...], inv: Inventory, *, che
     rows = recap_rows(outcomes)
     log = write_run_log(rows, "plan" if check else title,
                         meta={"check": check, "parallel": parallel, "canary": canary, "interrupted": interrupted})
-    if json_:
+    if json_ and title == "plan":
+        # The plans themselves: file changes with their diffs, certificate decisions, warnings.
+        plans = [{**o.value.plan.to_json(), "error": None} if o.value is not None and o.value.plan is not None
+                 else {"host": o.host, "empty": None, "error": row["error"]} for o, row in zip(outcomes, rows)]
+        sys.stdout.write(json.dumps(plans, indent=2) + "\n")
+    elif json_:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
     else:
         if check:
@@ -125,6 +130,9 @@ def _bootstrap_fleet(c: Context, hosts: tuple[Host, ...], inv: Inventory, *, che
                     # Byte-exact into a file or pipe (the diffs apply); control characters shown on a terminal.
                     sys.stdout.write(for_terminal(diffs) if sys.stdout.isatty() else diffs)
                     sys.stdout.writelines(f"{outcome.host}: {for_terminal(r)}\n" for r in outcome.value.requests)
+                    plan = outcome.value.plan
+                    if plan is not None and plan.empty:
+                        sys.stdout.write(f"{outcome.host}: no change: {for_terminal(plan.why_empty)}\n")
             sys.stdout.flush()
         for outcome in outcomes:
             for warning in (outcome.value.warnings if outcome.value else []):

@@ -152,7 +152,7 @@ def test_a_stopped_fleet_starts_no_host(inventory: Inventory) -> None:
 def test_recap_rows_name_not_started_hosts_and_keep_errors_on_one_line() -> None:
     outcomes: list[HostOutcome[BootstrapResult]] = [
         HostOutcome("a", value=BootstrapResult("a", certificates={"a": "kept"})),
-        HostOutcome("b", value=BootstrapResult("b", changes=["created /x"], certificates={"b": "issued"})),
+        HostOutcome("b", value=BootstrapResult("b", applied=["created /x"], certificates={"b": "issued"})),
         HostOutcome("c", error="c: nginx -t failed:\n  [emerg] unknown directive\n", exit_code=1),
         HostOutcome("d", error="d: not started (interrupted)", started=False),
     ]

@@ -12,7 +12,7 @@ PURE_MODULES = (
     "certfab.renewal", "certfab.desired", "certfab.certs", "certfab.report", "certfab.expiry",
     "certfab.stamp", "certfab.facts", "certfab.facts_view", "certfab.recap", "certfab.protocol",
     "certfab.remote_scripts", "certfab.templating", "certfab.textsafe", "certfab.transaction",
-    "certfab.issue", "certfab.outcome", "certfab.paths", "certfab.errors",
+    "certfab.issue", "certfab.outcome", "certfab.paths", "certfab.errors", "certfab.plan", "certfab.nginx",
 )
 IO_LIBRARIES = ("fabric", "paramiko", "invoke")
 
