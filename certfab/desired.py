@@ -17,6 +17,7 @@ from certfab.paths import (
     ACME_CA,
     ACME_INCLUDE,
     CRON_FILE,
+    LETSENCRYPT_LIVE,
     MANAGED_SITE_DIR,
     RENEW_ENV,
     RENEW_SCRIPT,
@@ -241,7 +242,7 @@ def desired_state(
                 tls.render_site_include(
                     site.name,
                     site.domains,
-                    lineage_dir=f"/etc/letsencrypt/live/{site.name}",
+                    lineage_dir=f"{LETSENCRYPT_LIVE}/{site.name}",
                     tls_options_path=TLS_OPTIONS,
                     hsts_max_age=host.tls.hsts_max_age,
                     include_subdomains=host.tls.hsts_include_subdomains,

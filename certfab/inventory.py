@@ -23,6 +23,7 @@ import yaml
 
 from certfab import validate
 from certfab.errors import InventoryError
+from certfab.tlsdefaults import DHPARAM_BITS, HSTS_PRELOAD_MIN_AGE, PROFILES
 
 __all__ = [
     "ACME_SERVERS",
@@ -410,10 +411,7 @@ _SECTION_KEYS = {
 }
 
 RUNTIMES = ("docker", "podman")
-TLS_PROFILES = ("modern", "intermediate", "old")
 KEY_TYPES = ("ecdsa", "rsa")
-DHPARAM_BITS = (2048, 3072, 4096)
-HSTS_PRELOAD_MIN_AGE = 31536000  # hstspreload.org asks for at least one year
 
 _Parser = Callable[[_Reader, FieldPath, object], Any]
 
@@ -442,7 +440,7 @@ _SETTING_PARSERS: dict[str, _Parser] = {
     "renewal.times_per_day": lambda r, p, v: _int(r, p, v, 1, 2),
     "renewal.hour": lambda r, p, v: _optional_int(r, p, v, 0, 23),
     "renewal.mail_on_success": _bool,
-    "tls.profile": lambda r, p, v: _choice(r, p, v, TLS_PROFILES),
+    "tls.profile": lambda r, p, v: _choice(r, p, v, PROFILES),
     "tls.hsts_max_age": lambda r, p, v: _int(r, p, v, 0, 2**31 - 1),
     "tls.hsts_include_subdomains": _bool,
     "tls.hsts_preload": _bool,

@@ -25,7 +25,7 @@ from certfab.certs import parse_pem
 from certfab.desired import RENEW_FRACTION
 from certfab.facts import ConfigFile, HostFacts, facts_context, parse_facts
 from certfab.inventory import Host, Inventory
-from certfab.paths import CRON_FILE, HOST_CONFIG_DIR, RENEW_SCRIPT, STATE_DIR
+from certfab.paths import CRON_FILE, HOST_CONFIG_DIR, LETSENCRYPT_LIVE, RENEW_SCRIPT, STATE_DIR
 from certfab.protocol import Reply
 from certfab.templating import TEMPLATES_DIR
 
@@ -38,7 +38,7 @@ MAX_TRUST = timedelta(days=7)
 # Trees whose metadata is hashed on every run; nginx files outside /etc/nginx come from the stamp's watch list.
 WATCHED = (
     "/etc/nginx",
-    "/etc/letsencrypt/live",
+    LETSENCRYPT_LIVE,
     "/etc/letsencrypt/renewal",
     HOST_CONFIG_DIR,
     "/etc/cron.d",

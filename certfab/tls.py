@@ -15,12 +15,12 @@ from cryptography.hazmat.primitives.asymmetric import dh
 from certfab import paths
 from certfab.errors import InventoryError, PreflightError
 from certfab.templating import render
+from certfab.tlsdefaults import DEFAULT_DHPARAM_BITS, DHPARAM_BITS, HSTS_PRELOAD_MIN_AGE, PROFILES
 
 Version = tuple[int, ...]
 Http2Style = Literal["directive", "listen"]
 Phase = Literal["http", "https"]
 
-PROFILES = ("modern", "intermediate", "old")
 
 CERTFAB_NGINX_DIR = paths.NGINX_CERTFAB_DIR
 TLS_OPTIONS_PATH = paths.TLS_OPTIONS
@@ -140,10 +140,6 @@ FFDHE_PRIMES: dict[int, int] = {
 FFDHE_G = 2
 FFDHE2048_P = FFDHE_PRIMES[2048]
 FFDHE2048_G = FFDHE_G
-DEFAULT_DHPARAM_BITS = 2048
-
-DHPARAM_BITS = (2048, 3072, 4096)
-HSTS_PRELOAD_MIN_AGE = 31536000
 
 
 def parse_version(s: str) -> Version:
