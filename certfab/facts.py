@@ -4,17 +4,16 @@ The reading itself (remote commands) is certfab.gather."""
 
 from __future__ import annotations
 
-import json
 import posixpath
 import re
 from dataclasses import dataclass, field
-from typing import Any
 
 from certfab import includes, tls
 from certfab.errors import PreflightError
 from certfab.inventory import Host
 from certfab.paths import CRON_FILE, HOST_CONFIG_DIR, JOURNAL, NGINX_CERTFAB_DIR, RENEW_SCRIPT, STATUS_FILE
 from certfab.protocol import Reply
+from certfab.renewal_status import RenewalStatus, parse_status
 
 # Files certfab owns outside nginx's own tree, as (directory, glob); their content is read back so
 # plans can diff them.
@@ -112,7 +111,7 @@ class HostFacts:
     competing_renewal: tuple[str, ...]
     owned_files: dict[str, str]
     journal: str
-    status: dict[str, Any] | None = field(default=None)
+    status: RenewalStatus | None = field(default=None)
 
 
 def parse_nginx_v(text: str) -> tuple[str, str, bool, str, str]:
@@ -128,15 +127,6 @@ def parse_nginx_v(text: str) -> tuple[str, str, bool, str, str]:
         conf,
         prefix.group(1) if prefix else conf.rsplit("/", 1)[0],
     )
-
-
-def parse_status(text: str) -> dict[str, Any] | None:
-    """The renewal script's status.json; an unreadable file is a status of its own."""
-    try:
-        loaded = json.loads(text)
-    except ValueError:
-        return {"result": "unreadable", "message": "status.json is not valid JSON"}
-    return loaded if isinstance(loaded, dict) else None
 
 
 def parse_facts(host: str, reply: Reply, nginx_files: dict[str, ConfigFile] | None = None,

@@ -86,7 +86,7 @@ def facts_summary(facts: HostFacts, host: Host | None = None) -> dict[str, Any]:
         "competing_renewal": list(facts.competing_renewal),
         "certfab_files": sorted(facts.owned_files),
         "unfinished_run": bool(facts.journal.strip()),
-        "renewal_status": facts.status,
+        "renewal_status": facts.status.to_json() if facts.status is not None else None,
     }
 
 

@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from certfab.certs import CertInfo
+from certfab.renewal_status import RenewalStatus, as_status
 from certfab.templating import environment
 from certfab.tlsprobe import ServedCert
 
@@ -105,9 +106,13 @@ class CertRecord:
     domains: tuple[str, ...] = ()
     disk: CertInfo | None = None
     served: Mapping[str, ServedCert | str] = field(default_factory=dict)
-    renewal_status: Mapping[str, Any] | None = None
+    renewal_status: RenewalStatus | None = None
     cron_present: bool = True
     unreachable_error: str | None = None
+
+    def __post_init__(self) -> None:
+        # Given as status.json's mapping (tests, older callers): read it into the typed value.
+        object.__setattr__(self, "renewal_status", as_status(self.renewal_status))
 
 
 @dataclass(frozen=True)
@@ -263,19 +268,17 @@ def _mismatch_note(domains: Sequence[str], served: CertInfo, disk: CertInfo) -> 
 
 
 def _renewal_finding(
-    status: Mapping[str, Any], now: datetime, t: Thresholds
+    status: RenewalStatus, now: datetime, t: Thresholds
 ) -> tuple[Status | None, str | None]:
     """Read the host's last renewal run from status.json."""
-    result = str(status.get("result", "")).lower()
-    when = _parse_time(status.get("time"))
-    message = str(status.get("message") or "").strip()
+    result = status.result.lower()
+    when = _parse_time(status.time)
+    message = status.message.strip()
     if result == "failed":
-        detail = (
-            [f"certbot exit {status['certbot_exit']}"] if status.get("certbot_exit") not in (None, 0) else []
-        )
-        for key in ("nginx_test", "reload"):
-            if status.get(key) not in (None, "", "ok", "skipped"):
-                detail.append(f"{key.replace('_', ' ')} {status[key]}")
+        detail = [f"certbot exit {status.certbot_exit}"] if status.certbot_exit not in (None, 0) else []
+        for key, value in (("nginx_test", status.nginx_test), ("reload", status.reload)):
+            if value not in (None, "", "ok", "skipped"):
+                detail.append(f"{key.replace('_', ' ')} {value}")
         if message:
             detail.append(message)
         at = f" at {when:%Y-%m-%d %H:%M} UTC" if when else ""
@@ -286,6 +289,9 @@ def _renewal_finding(
         return Status.WARN, f"renewal has not run for {_ago((now - when).total_seconds() / 86400)}"
     if when is None:
         return None, "renewal status has no readable time"
+    if result == "busy":
+        held = f" (pid {status.holder.pid} since {status.holder.since})" if status.holder else ""
+        return None, f"the last renewal run found another run holding the lock{held}"
     return None, None
 
 
@@ -369,7 +375,7 @@ def _served_dict(served: ServedCert | str, disk: CertInfo | None) -> dict[str, A
 def row_dict(row: Row) -> dict[str, Any]:
     """One row as plain JSON data (the element type of the JSON report's `rows`)."""
     rec = row.record
-    renewal = dict(rec.renewal_status) if rec.renewal_status is not None else None
+    renewal = rec.renewal_status.to_json() if rec.renewal_status is not None else None
     return {
         "host": rec.host,
         "site": rec.site,
@@ -432,7 +438,7 @@ def to_csv(report: Report) -> str:
             for d, s in sorted(rec.served.items())
             if isinstance(s, ServedCert) and s.info and disk and s.info.sha256 != disk.sha256
         ]
-        renewal = rec.renewal_status or {}
+        renewal = rec.renewal_status
         values: list[object] = [
             rec.host,
             rec.site,
@@ -447,8 +453,8 @@ def to_csv(report: Report) -> str:
             disk.serial if disk else "",
             disk.sha256 if disk else "",
             " ".join(mismatched),
-            renewal.get("result", ""),
-            renewal.get("time", ""),
+            renewal.result if renewal is not None else "",
+            (renewal.time or "") if renewal is not None else "",
             "yes" if rec.cron_present else "no",
             "; ".join(row.notes),
         ]
@@ -610,8 +616,8 @@ def to_html(report: Report) -> str:
     for row in report.rows:
         data = row_dict(row)
         data["colour"] = STATUS_COLOURS[row.status]
-        status = row.record.renewal_status or {}
-        when = _parse_time(status.get("time"))
+        status = row.record.renewal_status
+        when = _parse_time(status.time) if status is not None else None
         data["renewal_when"] = f"{when:%Y-%m-%d %H:%M}" if when else ""
         rows.append(data)
     return template.render(
@@ -650,7 +656,7 @@ def to_prometheus(report: Report) -> str:
         )
 
     hosts: dict[str, bool] = {}
-    renewals: dict[str, Mapping[str, Any]] = {}
+    renewals: dict[str, RenewalStatus] = {}
     for row in report.rows:
         rec = row.record
         hosts[rec.host] = hosts.get(rec.host, True) and rec.unreachable_error is None
@@ -665,10 +671,10 @@ def to_prometheus(report: Report) -> str:
     for host, status in sorted(renewals.items()):
         add(
             "certfab_renewal_last_result",
-            (("host", host), ("result", str(status.get("result", "unknown")))),
+            (("host", host), ("result", status.result)),
             1,
         )
-        when = _parse_time(status.get("time"))
+        when = _parse_time(status.time)
         if when is not None:
             add("certfab_renewal_last_run_timestamp_seconds", (("host", host),), when.timestamp())
     for host, up in sorted(hosts.items()):

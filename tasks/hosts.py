@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from certfab.fleet import HostSession
     from certfab.inventory import Host, Inventory
     from certfab.outcome import HostOutcome
+    from certfab.renewal_status import RenewalStatus
     from certfab.report import CertRecord
 
 __all__ = ["bootstrap", "deploy_all", "facts", "plan", "renew_now", "report_expiry"]
@@ -180,46 +181,31 @@ def deploy_all(c: Context, inventory: str | None = None, limit: str | None = Non
                      canary=canary, title="deploy-all")
 
 
-# Results of a renewal run that needs nothing from the operator.
-RENEW_OK = ("renewed", "nothing-due")
-
-
 @task(help=helps("inventory", "limit", "accept_new", "json", "parallel"))
 @reports_errors
 def renew_now(c: Context, inventory: str | None = None, limit: str | None = None, accept_new: bool = False,
               json_: bool = False, parallel: int = 10) -> None:
     """Run the installed renewal script on hosts now and show its result."""
-    from certfab.cli import LiveProgress, exit_with, fabric_config, inventory_for, stdout, target_hosts
+    from certfab.cli import LiveProgress, exit_with, fabric_config, inventory_for, target_hosts
     from certfab.fleet import run_fleet
-    from certfab.renewal_run import run_renewal
+    from certfab.renewal_run import renew_now_exit, renew_now_lines, renew_now_rows, run_renewal
 
     inv = inventory_for(c, inventory)
     hosts = target_hosts(c, inv, limit)
 
-    def pipeline(session: HostSession) -> dict[str, object]:
+    def pipeline(session: HostSession) -> RenewalStatus:
         session.step("renewing")
         return run_renewal(session.remote)
 
     with LiveProgress([h.name for h in hosts], "renew-now") as progress:
         outcomes = run_fleet(hosts, inv, pipeline, parallel=parallel, accept_new=accept_new,
                              config=fabric_config(c), progress=progress)
-    rows = [{"host": o.host, **(o.value or {}), "error": o.error} for o in outcomes]
     if json_:
-        stdout.print_json(json.dumps(rows))
+        sys.stdout.write(json.dumps(renew_now_rows(outcomes), indent=2) + "\n")
     else:
-        for row in rows:
-            if row["error"]:
-                stdout.print(f"{row['host']}: [red]failed[/] {row['error']}", highlight=False)
-            else:
-                renewed = ", ".join(row.get("renewed") or []) or "nothing"  # type: ignore[arg-type]
-                stdout.print(f"{row['host']}: {row.get('result')} (renewed: {renewed}; nginx test "
-                             f"{row.get('nginx_test') or 'skipped'}; exit {row.get('exit')})",
-                             markup=False, highlight=False)
-                if row.get("result") not in RENEW_OK and row.get("message"):
-                    stdout.print(f"  {row['message']}", markup=False)
-    # "busy" counts too: the renewal asked for did not run.
-    exit_with(1 if any(o.failed or (o.value or {}).get("exit") or (o.value or {}).get("result") not in RENEW_OK
-                       for o in outcomes) else 0)
+        sys.stdout.writelines(line + "\n" for line in renew_now_lines(outcomes))
+    sys.stdout.flush()
+    exit_with(renew_now_exit(outcomes))
 
 
 @task(help=helps("inventory", "limit", "accept_new", "json", "parallel", "format", "html", "prometheus", "mail",

@@ -749,7 +749,7 @@ class TestRunRenewal:
 
     def test_fresh_status(self, sandbox: Sandbox) -> None:
         remote = install_renewal(sandbox)
-        status = run_renewal(remote)  # type: ignore[arg-type]
+        status = run_renewal(remote).to_json()  # type: ignore[arg-type]
         assert status["result"] == "nothing-due" and status["exit"] == 0
 
     def test_busy_run_is_read_from_the_status_it_recorded(self, sandbox: Sandbox) -> None:
@@ -757,7 +757,7 @@ class TestRunRenewal:
         fd = os.open(sandbox.state / "renew.lock", os.O_WRONLY | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            status = run_renewal(remote)  # type: ignore[arg-type]
+            status = run_renewal(remote).to_json()  # type: ignore[arg-type]
         finally:
             os.close(fd)
         assert status["result"] == "busy" and status["exit"] == 0
@@ -768,13 +768,13 @@ class TestRunRenewal:
 
     def test_a_run_that_records_nothing_is_still_busy(self, sandbox: Sandbox) -> None:
         remote = install_renewal(sandbox, body="exit 0\n")  # an older script: silent when busy
-        status = run_renewal(remote)  # type: ignore[arg-type]
+        status = run_renewal(remote).to_json()  # type: ignore[arg-type]
         assert status["result"] == "busy" and status["renewed"] == []
         assert "another renewal run holds the lock" in status["message"]
 
     def test_failed_before_any_status(self, sandbox: Sandbox) -> None:
         remote = install_renewal(sandbox, body="exit 1\n")
-        status = run_renewal(remote)  # type: ignore[arg-type]
+        status = run_renewal(remote).to_json()  # type: ignore[arg-type]
         assert status["result"] == "failed" and status["exit"] == 1
 
     def test_not_installed(self, sandbox: Sandbox) -> None:
