@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Literal
 
 from certfab import nginxconf, renewal, tls
-from certfab.certs import parse_pem
+from certfab.certs import RENEW_FRACTION, parse_pem
 from certfab.errors import PreflightError
 from certfab.facts import ConfigFile, HostFacts
 from certfab.inventory import Host, Inventory, Site
@@ -27,7 +27,6 @@ from certfab.tls import managed_site_path, site_include_path
 from certfab.transaction import FileWrite
 
 # Bootstrap renews early when less than this fraction of a certificate's lifetime is left.
-RENEW_FRACTION = 1 / 3
 
 
 CertAction = Literal["keep", "issue", "renew", "change-names"]

@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import posixpath
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from certfab import includes
-from certfab.certs import CertificateError, parse_pem
-from certfab.desired import changed_writes, decide_certificate, desired_state, preflight
 from certfab.errors import CertfabError, RemoteError
-from certfab.expiry import cron_present
 from certfab.facts import (
     FACTS_SCRIPT,
     MAX_INCLUDE_ROUNDS,
@@ -27,13 +24,10 @@ from certfab.facts import (
     parse_facts,
     report_context,
 )
-from certfab.facts_view import facts_summary
-from certfab.fleet import HostSession
 from certfab.inventory import Inventory
 from certfab.paths import STATE_DIR
 from certfab.protocol import Reply
 from certfab.remote import Remote
-from certfab.report import CertRecord
 from certfab.stamp import (
     STAMP_FILE,
     STAMP_SCRIPT,
@@ -43,7 +37,10 @@ from certfab.stamp import (
     probe_context,
     stamp_to_write,
 )
-from certfab.tlsprobe import fetch_served
+
+if TYPE_CHECKING:  # what the report and facts pipelines return; loaded when they run
+    from certfab.fleet import HostSession
+    from certfab.report import CertRecord
 
 
 def read_nginx_files(remote: Remote, reply: Reply) -> tuple[dict[str, ConfigFile], dict[str, str]]:
@@ -128,6 +125,8 @@ def stamp_if_converged(
     remote: Remote, inventory: Inventory, *, key: str, acme_ca_pem: str | None, now: datetime
 ) -> bool:
     """After a run that changed the host: read it again and stamp it only if nothing is left to do."""
+    from certfab.desired import changed_writes, decide_certificate, desired_state, preflight
+
     try:
         observed = read_host(remote, key=None, now=now)
         assert isinstance(observed, Observed)
@@ -148,6 +147,11 @@ def stamp_if_converged(
 
 def host_records(session: HostSession, *, timeout: float = 10.0) -> list[CertRecord]:
     """One record per certificate lineage on the host, with what each of its names serves."""
+    from certfab.certs import CertificateError, parse_pem
+    from certfab.expiry import cron_present
+    from certfab.report import CertRecord
+    from certfab.tlsprobe import fetch_served
+
     host = session.host
     session.step("reading certificates")
     facts = gather_for_report(session.remote)
@@ -176,5 +180,7 @@ def host_records(session: HostSession, *, timeout: float = 10.0) -> list[CertRec
 
 def read_facts(session: HostSession) -> dict[str, Any]:
     """The facts pipeline for one host: one remote command, summarised for people and programs."""
+    from certfab.facts_view import facts_summary
+
     session.step("reading facts")
     return facts_summary(gather(session.remote), session.host)

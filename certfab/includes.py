@@ -12,9 +12,10 @@ import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-from certfab.nginx.lexer import Statement, parse_text, walk_statements
-from certfab.nginx.model import NginxConfError
+if TYPE_CHECKING:
+    from certfab.nginx.lexer import Statement
 
 # Where private keys live: never read, whatever a configuration says (checked again on the host).
 DENIED_PREFIXES = ("/etc/letsencrypt", "/etc/ssl/private")
@@ -49,11 +50,17 @@ class IncludeScan:
 
 @lru_cache(maxsize=256)
 def _parsed(text: str, path: str) -> list[Statement]:
+    # The parser (and crossplane) load only when a configuration is read, not on the no-change path.
+    from certfab.nginx.lexer import parse_text
+
     return parse_text(text, path)
 
 
 def scan(files: Mapping[str, str], main: str, conf_prefix: str, expanded: Mapping[str, tuple[str, ...]]) -> IncludeScan:
     """Walk the include tree from `main` through the files read; list what to read next."""
+    from certfab.nginx.lexer import walk_statements
+    from certfab.nginx.model import NginxConfError
+
     pending: list[str] = []
     keys: list[str] = []
     key_dirs: list[str] = []

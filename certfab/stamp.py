@@ -21,8 +21,7 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 
-from certfab.certs import parse_pem
-from certfab.desired import RENEW_FRACTION
+from certfab.certs import RENEW_FRACTION, parse_pem
 from certfab.facts import ConfigFile, HostFacts, facts_context, parse_facts
 from certfab.inventory import Host, Inventory
 from certfab.paths import CRON_FILE, HOST_CONFIG_DIR, LETSENCRYPT_LIVE, RENEW_SCRIPT, STATE_DIR
@@ -66,7 +65,8 @@ class Observed:
 
     facts: HostFacts
     state: str
-    watch: tuple[str, ...]
+    watch: tuple[str, ...]  # the extra paths the state hash covered, in the order hashed
+    binaries: tuple[str, ...] = ()  # nginx's binary, its libraries and the runtime, as found now
 
 
 @lru_cache(maxsize=1)
@@ -99,17 +99,12 @@ def parse_probe(host: str, reply: Reply, nginx_files: dict[str, ConfigFile] | No
                 refused: dict[str, str] | None = None) -> Unchanged | Observed:
     """Read what the probing facts script answered (and the nginx files read after it)."""
     if reply.has("unchanged"):
-        warnings = []
-        for frame in reply.all("warn"):
-            try:
-                warnings.append(base64.b64decode(frame.text, validate=True).decode("utf-8", errors="replace"))
-            except ValueError:
-                continue
-        return Unchanged(tuple(warnings))
+        return Unchanged(tuple(frame.text for frame in reply.all("warn")))
     state = reply.text("state").strip()
     state = state if _HASH.match(state) and state != _EMPTY_MD5 else ""
     watch = tuple(f.text for f in reply.all("watch"))
-    return Observed(parse_facts(host, reply, nginx_files, refused), state, watch)
+    binaries = tuple(dict.fromkeys(f.text for f in reply.all("binary")))
+    return Observed(parse_facts(host, reply, nginx_files, refused), state, watch, binaries)
 
 
 def probe_context(host: Host, *, key: str | None, now: datetime) -> dict[str, object]:
@@ -170,12 +165,15 @@ def stamp_to_write(host: Host, *, key: str, observed: Observed, warnings: list[s
     loads files outside /etc/nginx that it did not watch, the stamp records them but no state, so
     the next run hashes them and stamps for real.
     """
-    needed = outside_paths(observed.facts)
+    needed = tuple(dict.fromkeys(outside_paths(observed.facts) + observed.binaries))
     if any("\n" in path or not path.startswith("/") for path in needed):
         return None
     recheck = recheck_time(host, observed.facts, now)
     if recheck <= now or not observed.state:
         return None
-    complete = set(needed) <= set(observed.watch)
-    pending = replace(observed, state=observed.state if complete else "", watch=needed)
+    # The next probe hashes the stamp's list as it stands: only a list that is exactly what was hashed
+    # now may carry this state; otherwise record the list, no state, and stamp for real next time.
+    complete = set(observed.watch) == set(needed)
+    pending = replace(observed, state=observed.state if complete else "",
+                      watch=observed.watch if complete else needed)
     return stamp_text(key=key, observed=pending, recheck=recheck, warnings=warnings), complete
