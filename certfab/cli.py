@@ -6,15 +6,10 @@ import functools
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from invoke.context import Context
 from invoke.exceptions import Exit
-from rich.console import Console, Group
-from rich.live import Live
-from rich.markup import escape
-from rich.table import Table
-from rich.text import Text
 
 from certfab.errors import CertfabError
 from certfab.fleet import Progress
@@ -22,21 +17,48 @@ from certfab.inventory import Host, Inventory, load_inventory
 from certfab.outcome import HostOutcome
 from certfab.textsafe import for_terminal
 
+if TYPE_CHECKING:
+    from rich.console import Console, Group
+    from rich.live import Live
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _console(to_stderr: bool) -> Console:
-    # Without a terminal rich assumes 80 columns, which folds report tables; logs can be wider.
-    probe = Console(stderr=to_stderr)
-    return Console(stderr=to_stderr, highlight=False, width=None if probe.is_terminal else 200)
+class _LazyConsole:
+    """A rich Console made on first use: a run that prints only JSON or plain lines never loads rich."""
+
+    def __init__(self, to_stderr: bool) -> None:
+        self.to_stderr = to_stderr
+        self._console: Console | None = None
+
+    def console(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            # Without a terminal rich assumes 80 columns, which folds report tables; logs can be wider.
+            probe = Console(stderr=self.to_stderr)
+            self._console = Console(stderr=self.to_stderr, highlight=False,
+                                    width=None if probe.is_terminal else 200)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.console(), name)
 
 
-stdout = _console(False)
-stderr = _console(True)
+stdout: Any = _LazyConsole(False)
+stderr: Any = _LazyConsole(True)
+
+
+def say(line: str) -> None:
+    """One plain line on stderr (host text in it shown escaped)."""
+    sys.stderr.write(for_terminal(line) + "\n")
+    sys.stderr.flush()
 
 
 def print_error(message: str) -> None:
     """Print `error: MESSAGE` on stderr as one line: never folded, brackets in it shown as they are."""
+    from rich.markup import escape
+
     stderr.print(f"[bold red]error:[/] {escape(for_terminal(message))}", soft_wrap=True, highlight=False, emoji=False)
 
 
@@ -57,7 +79,7 @@ def reports_errors(func: F) -> F:
             print_error(str(exc))
             raise Exit(code=exc.exit_code) from None
         except KeyboardInterrupt:
-            stderr.print("interrupted")
+            say("interrupted")
             raise Exit(code=130) from None
 
     return wrapper  # type: ignore[return-value]
@@ -97,11 +119,18 @@ class LiveProgress(Progress):
         self.title = title
         self.lock = threading.Lock()
         self.live: Live | None = None
-        if stderr.is_terminal:
+        if sys.stderr.isatty():
+            from rich.live import Live
+
             self.live = Live(self._render(), console=stderr, refresh_per_second=8, transient=True,
                              get_renderable=self._render)
 
     def _render(self) -> Group:
+        from rich.console import Group
+        from rich.markup import escape
+        from rich.table import Table
+        from rich.text import Text
+
         with self.lock:
             states = dict(self.states)
             details = dict(self.details)
@@ -151,12 +180,12 @@ class LiveProgress(Progress):
         else:
             self._set(host, "ok", "done")
         for notice in outcome.notices:
-            stderr.print(notice, markup=False, highlight=False)
+            say(notice)
 
     def interrupted(self, running: list[str], again: bool) -> None:
         waiting = f"waiting for {', '.join(running)} to finish or roll back" if running else "finishing"
         prefix = "still interrupted" if again else "interrupted"
-        stderr.print(f"{prefix}: no new host will start; {waiting}", markup=False, highlight=False, soft_wrap=True)
+        say(f"{prefix}: no new host will start; {waiting}")
 
 
 def exit_with(code: int) -> None:

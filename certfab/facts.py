@@ -8,7 +8,7 @@ import posixpath
 import re
 from dataclasses import dataclass, field
 
-from certfab import includes, tls
+from certfab import includes
 from certfab.errors import PreflightError
 from certfab.inventory import Host
 from certfab.paths import CRON_FILE, HOST_CONFIG_DIR, JOURNAL, NGINX_CERTFAB_DIR, RENEW_SCRIPT, STATUS_FILE
@@ -116,6 +116,8 @@ class HostFacts:
 
 def parse_nginx_v(text: str) -> tuple[str, str, bool, str, str]:
     """Version, OpenSSL text, SNI support, conf path and prefix from `nginx -V` output."""
+    from certfab import tls  # TLS rules load with a full read, not on the no-change path
+
     version = re.search(r"nginx version: nginx/([\d.]+)", text)
     conf_path = re.search(r"--conf-path=(\S+)", text)
     prefix = re.search(r"--prefix=(\S+)", text)
@@ -132,6 +134,8 @@ def parse_nginx_v(text: str) -> tuple[str, str, bool, str, str]:
 def parse_facts(host: str, reply: Reply, nginx_files: dict[str, ConfigFile] | None = None,
                 refused: dict[str, str] | None = None) -> HostFacts:
     """Turn the facts script's frames (and the nginx files read after it) into HostFacts."""
+    from certfab import tls
+
     lineages = {
         f.arg: Lineage(f.arg, f.body.decode("ascii", errors="replace"), reply_texts(reply, "renewal-conf").get(f.arg, ""))
         for f in reply.all("cert")

@@ -7,14 +7,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rich.markup import escape
-from rich.table import Table
-
 from certfab.outcome import HostOutcome
 from certfab.reports_out import tighten_private_files, write_new_text
 from certfab.textsafe import for_terminal
 
 if TYPE_CHECKING:  # the executor's result type; importing it would load the SSH layer
+    from rich.table import Table
+
     from certfab.bootstrap import BootstrapResult
 
 
@@ -53,6 +52,9 @@ def recap_rows(outcomes: list[HostOutcome[BootstrapResult]]) -> list[dict[str, A
 
 
 def recap_table(rows: list[dict[str, Any]], title: str) -> Table:
+    from rich.markup import escape
+    from rich.table import Table
+
     table = Table(title=title)
     for column in ("host", "status", "certificates", "details"):
         table.add_column(column)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
-import smtplib
 import stat
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from certfab.errors import CertfabError
-from certfab.report import Report, digest_mail, to_json
+
+if TYPE_CHECKING:  # the report module loads only when a report is saved or mailed (not for run logs)
+    from certfab.report import Report
 
 REPORTS_DIR = Path("reports")
 
@@ -94,6 +96,8 @@ def write_new_text(path: Path, text: str) -> bool:
 
 def save_report(report: Report, directory: Path = REPORTS_DIR) -> Path:
     """Keep every run as reports/expiry-<UTC time>.json and reports/latest.json."""
+    from certfab.report import to_json
+
     text = to_json(report)
     stamp = report.generated_at.strftime("%Y%m%dT%H%M%SZ")
     saved = write_text(directory / f"expiry-{stamp}.json", text)
@@ -107,6 +111,10 @@ def send_digest(report: Report, to: str, smtp: str | None) -> None:
     server = smtp or os.environ.get("CERTFAB_SMTP") or "localhost:25"
     host, _, port = server.partition(":")
     sender = os.environ.get("CERTFAB_MAIL_FROM", "certfab@" + (os.uname().nodename or "localhost"))
+    import smtplib
+
+    from certfab.report import digest_mail
+
     message = digest_mail(report, to, sender)
     try:
         with smtplib.SMTP(host, int(port or 25), timeout=30) as client:

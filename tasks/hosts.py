@@ -80,10 +80,8 @@ def facts(c: Context, inventory: str | None = None, limit: str | None = None, ac
 def _bootstrap_fleet(c: Context, hosts: tuple[Host, ...], inv: Inventory, *, check: bool, accept_new: bool,
                      parallel: int, json_: bool, canary: int = 0, title: str = "bootstrap") -> None:
     """Bootstrap (or plan) hosts in parallel, print the recap and exit with its status."""
-    from rich.markup import escape
-
     from certfab.bootstrap import bootstrap_host, read_acme_ca
-    from certfab.cli import LiveProgress, OptionError, exit_with, fabric_config, stderr, stdout
+    from certfab.cli import LiveProgress, OptionError, exit_with, fabric_config, say, stderr, stdout
     from certfab.fleet import Stop, ctrl_c_stops, run_fleet
     from certfab.recap import recap_rows, recap_table, write_run_log
     from certfab.textsafe import for_terminal
@@ -137,9 +135,11 @@ def _bootstrap_fleet(c: Context, hosts: tuple[Host, ...], inv: Inventory, *, che
             sys.stdout.flush()
         for outcome in outcomes:
             for warning in (outcome.value.warnings if outcome.value else []):
+                from rich.markup import escape
+
                 stderr.print(f"[yellow]warning:[/] {escape(for_terminal(warning))}", highlight=False, emoji=False)
         stdout.print(recap_table(rows, f"{title} recap"))
-    stderr.print(f"run log: {log}", markup=False, highlight=False, soft_wrap=True)
+    say(f"run log: {log}")
     # A refused host key or option (2) outranks a failed host (1), as the README's exit table says.
     exit_with(130 if interrupted else max((o.exit_code or 1 for o in outcomes if o.failed), default=0))
 
