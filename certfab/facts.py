@@ -134,8 +134,6 @@ def parse_nginx_v(text: str) -> tuple[str, str, bool, str, str]:
 def parse_facts(host: str, reply: Reply, nginx_files: dict[str, ConfigFile] | None = None,
                 refused: dict[str, str] | None = None) -> HostFacts:
     """Turn the facts script's frames (and the nginx files read after it) into HostFacts."""
-    from certfab import tls
-
     lineages = {
         f.arg: Lineage(f.arg, f.body.decode("ascii", errors="replace"), reply_texts(reply, "renewal-conf").get(f.arg, ""))
         for f in reply.all("cert")
@@ -143,6 +141,8 @@ def parse_facts(host: str, reply: Reply, nginx_files: dict[str, ConfigFile] | No
     nginx = None
     v_text = reply.text("nginx-v", "missing")
     if "nginx version" in v_text:
+        from certfab import tls  # TLS rules load with a full read, not for the expiry report
+
         version, openssl, sni, conf, prefix = parse_nginx_v(v_text)
         test = reply.get("nginx-t")
         try:

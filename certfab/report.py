@@ -12,15 +12,15 @@ from datetime import datetime, timedelta, timezone
 from email.message import EmailMessage
 from email.utils import format_datetime
 from enum import Enum
-from typing import Any
-
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING, Any
 
 from certfab.certs import CertInfo
 from certfab.renewal_status import RenewalStatus, as_status
 from certfab.templating import environment
 from certfab.tlsprobe import ServedCert
+
+if TYPE_CHECKING:  # drawn for people only; JSON, CSV and HTML need no rich
+    from rich.table import Table
 
 JSON_SCHEMA = "certfab.report/1"
 
@@ -499,6 +499,9 @@ def summary_line(report: Report) -> str:
 
 def to_rich_table(report: Report) -> Table:
     """The report as a rich Table for a person: most urgent first, coloured by status, reasons last."""
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(
         title=f"certificates at {report.generated_at.astimezone(timezone.utc):%Y-%m-%d %H:%M} UTC",
         caption=summary_line(report),

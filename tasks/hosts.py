@@ -221,7 +221,7 @@ def report_expiry(c: Context, inventory: str | None = None, limit: str | None = 
         exit_with,
         fabric_config,
         inventory_for,
-        stderr,
+        say,
         stdout,
         target_hosts,
     )
@@ -266,7 +266,7 @@ def report_expiry(c: Context, inventory: str | None = None, limit: str | None = 
         sys.stdout.flush()
     else:
         stdout.print(to_rich_table(report))
-        stderr.print(f"saved {saved}", highlight=False)
+        say(f"saved {saved}")
     if html:
         write_text(html, to_html(report))
     if prometheus:
