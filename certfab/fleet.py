@@ -194,3 +194,31 @@ def run_fleet(
                                               started=False)
             progress.done(host.name, outcomes[host.name])
     return [outcomes[host.name] for host in hosts]
+
+
+def run_with_canary(
+    hosts: tuple[Host, ...] | list[Host],
+    inventory: Inventory,
+    pipeline: Callable[[HostSession], T],
+    *,
+    canary: int,
+    stop: Stop,
+    parallel: int = 10,
+    accept_new: bool = False,
+    config: Any = None,
+    progress: Progress | None = None,
+) -> list[HostOutcome[T]]:
+    """The first `canary` hosts alone, then the rest unless one of them failed (they come back
+    'not started', with the canary named as the reason)."""
+    hosts = list(hosts)
+    first, rest = (hosts[:canary], hosts[canary:]) if canary > 0 else ([], hosts)
+    outcomes: list[HostOutcome[T]] = []
+    if first:
+        outcomes += run_fleet(first, inventory, pipeline, parallel=parallel, accept_new=accept_new,
+                              config=config, progress=progress, stop=stop)
+        failed = [o.host for o in outcomes if o.failed]
+        if failed:
+            stop.request(f"canary {', '.join(failed)} failed")
+    outcomes += run_fleet(rest, inventory, pipeline, parallel=parallel, accept_new=accept_new,
+                          config=config, progress=progress, stop=stop)
+    return outcomes

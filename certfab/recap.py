@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from certfab.outcome import HostOutcome
 from certfab.reports_out import tighten_private_files, write_new_text
@@ -17,7 +19,10 @@ if TYPE_CHECKING:  # the executor's result type; importing it would load the SSH
     from certfab.bootstrap import BootstrapResult
 
 
-def host_status(outcome: HostOutcome[BootstrapResult]) -> str:
+HostStatus = Literal["ok", "changed", "would change", "failed", "not started"]
+
+
+def host_status(outcome: HostOutcome[BootstrapResult]) -> HostStatus:
     """ok, changed, would change, failed or not started."""
     if not outcome.started:
         return "not started"
@@ -29,26 +34,54 @@ def host_status(outcome: HostOutcome[BootstrapResult]) -> str:
     return "changed" if outcome.value.changed else "ok"
 
 
-def recap_rows(outcomes: list[HostOutcome[BootstrapResult]]) -> list[dict[str, Any]]:
-    """One JSON-ready row per host."""
-    rows = []
-    for outcome in outcomes:
+@dataclass(frozen=True)
+class RecapRow:
+    """One host's line of a bootstrap, plan or deploy-all recap."""
+
+    host: str
+    status: HostStatus
+    changes: tuple[str, ...]  # what changed, or in check mode what would change
+    done: tuple[str, ...]  # what this run did change on the host (empty in check mode)
+    certificates: Mapping[str, str]
+    warnings: tuple[str, ...]
+    error: str | None
+    seconds: float
+    remote_commands: int
+
+    @classmethod
+    def of(cls, outcome: HostOutcome[BootstrapResult]) -> RecapRow:
         value = outcome.value
-        rows.append(
-            {
-                "host": outcome.host,
-                "status": host_status(outcome),
-                "changes": value.changes if value else [],
-                # What this run did change on the host (empty in check mode, whatever the plan says).
-                "done": ([] if value.planned else list(value.applied)) if value else [],
-                "certificates": value.certificates if value else {},
-                "warnings": value.warnings if value else [],
-                "error": " ".join(outcome.error.split()) if outcome.error else None,
-                "seconds": round(outcome.seconds, 2),
-                "remote_commands": outcome.commands,
-            }
+        return cls(
+            host=outcome.host,
+            status=host_status(outcome),
+            changes=tuple(value.changes) if value else (),
+            done=tuple(value.applied) if value and not value.planned else (),
+            certificates=dict(value.certificates) if value else {},
+            warnings=tuple(value.warnings) if value else (),
+            error=" ".join(outcome.error.split()) if outcome.error else None,
+            seconds=round(outcome.seconds, 2),
+            remote_commands=outcome.commands,
         )
-    return rows
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "host": self.host, "status": self.status, "changes": list(self.changes), "done": list(self.done),
+            "certificates": dict(self.certificates), "warnings": list(self.warnings), "error": self.error,
+            "seconds": self.seconds, "remote_commands": self.remote_commands,
+        }
+
+
+def recap_rows(outcomes: list[HostOutcome[BootstrapResult]]) -> list[dict[str, Any]]:
+    """One JSON-ready row per host (the run log's and --json's element)."""
+    return [RecapRow.of(outcome).to_json() for outcome in outcomes]
+
+
+def fleet_exit_code(outcomes: list[HostOutcome[Any]], *, interrupted: bool) -> int:
+    """130 after Ctrl-C; else the highest exit code of a failed host (a refused key or option, 2,
+    outranks a failed host, 1), 0 when every host succeeded."""
+    if interrupted:
+        return 130
+    return max((o.exit_code or 1 for o in outcomes if o.failed), default=0)
 
 
 def recap_table(rows: list[dict[str, Any]], title: str) -> Table:

@@ -16,7 +16,6 @@ if TYPE_CHECKING:
     from certfab.bootstrap import BootstrapResult
     from certfab.fleet import HostSession
     from certfab.inventory import Host, Inventory
-    from certfab.outcome import HostOutcome
     from certfab.renewal_status import RenewalStatus
     from certfab.report import CertRecord
 
@@ -82,8 +81,8 @@ def _bootstrap_fleet(c: Context, hosts: tuple[Host, ...], inv: Inventory, *, che
     """Bootstrap (or plan) hosts in parallel, print the recap and exit with its status."""
     from certfab.bootstrap import bootstrap_host, read_acme_ca
     from certfab.cli import LiveProgress, OptionError, exit_with, fabric_config, say, stderr, stdout
-    from certfab.fleet import Stop, ctrl_c_stops, run_fleet
-    from certfab.recap import recap_rows, recap_table, write_run_log
+    from certfab.fleet import Stop, ctrl_c_stops, run_with_canary
+    from certfab.recap import fleet_exit_code, recap_rows, recap_table, write_run_log
     from certfab.textsafe import for_terminal
 
     if parallel < 1:
@@ -97,18 +96,10 @@ def _bootstrap_fleet(c: Context, hosts: tuple[Host, ...], inv: Inventory, *, che
     def pipeline(session: HostSession) -> BootstrapResult:
         return bootstrap_host(session, check=check, acme_ca_pem=acme_ca)
 
-    outcomes: list[HostOutcome[BootstrapResult]] = []
     # Ctrl-C starts no new host; running ones finish (commit or roll back) and the recap says so.
     with ctrl_c_stops(stop), LiveProgress([h.name for h in hosts], title) as progress:
-        first, rest = (hosts[:canary], hosts[canary:]) if canary > 0 else ((), hosts)
-        if first:
-            outcomes += run_fleet(first, inv, pipeline, parallel=parallel, accept_new=accept_new,
-                                  config=config, progress=progress, stop=stop)
-            failed = [o.host for o in outcomes if o.failed]
-            if failed:
-                stop.request(f"canary {', '.join(failed)} failed")
-        outcomes += run_fleet(rest, inv, pipeline, parallel=parallel, accept_new=accept_new,
-                              config=config, progress=progress, stop=stop)
+        outcomes = run_with_canary(hosts, inv, pipeline, canary=canary, stop=stop, parallel=parallel,
+                                   accept_new=accept_new, config=config, progress=progress)
     interrupted = stop.is_set() and stop.reason == "interrupted"
     rows = recap_rows(outcomes)
     log = write_run_log(rows, "plan" if check else title,
@@ -140,8 +131,7 @@ def _bootstrap_fleet(c: Context, hosts: tuple[Host, ...], inv: Inventory, *, che
                 stderr.print(f"[yellow]warning:[/] {escape(for_terminal(warning))}", highlight=False, emoji=False)
         stdout.print(recap_table(rows, f"{title} recap"))
     say(f"run log: {log}")
-    # A refused host key or option (2) outranks a failed host (1), as the README's exit table says.
-    exit_with(130 if interrupted else max((o.exit_code or 1 for o in outcomes if o.failed), default=0))
+    exit_with(fleet_exit_code(outcomes, interrupted=interrupted))
 
 
 @task(help=helps("inventory", "limit", "accept_new", "json", "parallel", "check"))

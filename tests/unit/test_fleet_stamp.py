@@ -235,3 +235,30 @@ def test_input_key_follows_what_shapes_the_desired_state(inventory: Inventory) -
     assert key != input_key(replace(host, name="gamma"), inventory, None)
     # How certfab reaches the host does not shape what the host should hold.
     assert key == input_key(replace(host, address="192.0.2.99", port=2222), inventory, None)
+
+
+def test_a_failed_canary_leaves_the_rest_not_started(inventory: Inventory) -> None:
+    from certfab.fleet import run_with_canary
+
+    def fail_alpha(session: object) -> None:
+        raise AssertionError("never connected")
+
+    stop = Stop()
+    # A closed port on loopback: alpha fails at connect at once, so beta never starts.
+    hosts = tuple(replace(h, address="127.0.0.1", port=1) for h in inventory.hosts)
+    outcomes = run_with_canary(hosts, inventory, fail_alpha, canary=1, stop=stop)
+    assert [o.host for o in outcomes] == ["alpha", "beta"]
+    assert outcomes[0].failed and outcomes[0].started
+    assert not outcomes[1].started and outcomes[1].error == "beta: not started (canary alpha failed)"
+
+
+def test_the_fleet_exit_code_ranks_interrupts_refusals_and_failures() -> None:
+    from certfab.recap import fleet_exit_code
+
+    ok = HostOutcome[object]("a")
+    failed = HostOutcome[object]("b", error="b: failed", exit_code=1)
+    refused = HostOutcome[object]("c", error="c: unknown host key", exit_code=2)
+    assert fleet_exit_code([ok], interrupted=False) == 0
+    assert fleet_exit_code([ok, failed], interrupted=False) == 1
+    assert fleet_exit_code([failed, refused], interrupted=False) == 2
+    assert fleet_exit_code([ok], interrupted=True) == 130
