@@ -7,10 +7,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from certfactory import make_certificate
 
 from certfab import tls
 from certfab.desired import (
@@ -61,17 +58,7 @@ def facts(lineages: dict[str, Lineage] | None = None) -> HostFacts:
 
 
 def certificate(names: list[str], days: int, left: int) -> str:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
-    not_after = NOW + timedelta(days=left)
-    cert = (
-        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_after - timedelta(days=days)).not_valid_after(not_after)
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
+    return make_certificate(names, not_after=NOW + timedelta(days=left), lifetime=timedelta(days=days))
 
 
 EXAMPLE = {"name": "example", "domains": ["example.com", "www.example.com"]}

@@ -11,11 +11,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.oid import NameOID
+from certfactory import make_certificate
 
 from certfab.bootstrap import BootstrapResult
 from certfab.facts import parse_facts
@@ -62,20 +58,7 @@ def inventory(tmp_path: Path) -> Inventory:
 
 def certificate(names: list[str], not_before: datetime, not_after: datetime) -> str:
     """A self-signed PEM certificate for `names` valid in the given window."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return cert.public_bytes(Encoding.PEM).decode()
+    return make_certificate(names, not_before=not_before, not_after=not_after)
 
 
 def facts_with_certs(certs: dict[str, str], *extra: Frame) -> Reply:

@@ -13,7 +13,6 @@ refused by the inventory with a one-line InventoryError naming the field, or:
 
 from __future__ import annotations
 
-import datetime as dt
 import ipaddress
 import os
 import re
@@ -28,10 +27,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from certfactory import write_self_signed
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
@@ -242,21 +238,7 @@ def rendered(inventory: Inventory, main: str = MAIN_CONF) -> dict[str, str]:
 
 def self_signed(directory: Path, names: tuple[str, ...]) -> None:
     """A throwaway certificate and key where nginx expects a lineage."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "certfab test")])
-    now = dt.datetime.now(dt.timezone.utc)
-    cert = (
-        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "fullchain.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (directory / "privkey.pem").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
+    write_self_signed(directory, names, days=1, common_name="certfab test")
 
 
 def nginx_test(files: dict[str, str], phase: str, inventory: Inventory, main: str = MAIN_CONF) -> str | None:
