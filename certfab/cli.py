@@ -122,7 +122,7 @@ class LiveProgress(Progress):
         if sys.stderr.isatty():
             from rich.live import Live
 
-            self.live = Live(self._render(), console=stderr, refresh_per_second=8, transient=True,
+            self.live = Live(self._render(), console=stderr.console(), refresh_per_second=8, transient=True,
                              get_renderable=self._render)
 
     def _render(self) -> Group:

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import difflib
-import http.client
 import json
 import re
 import shutil
-import socket
-import ssl
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -16,10 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import labhelpers
 import pytest
 import yaml
 from conftest import VENV_BIN, certfab_cli
 from cryptography import x509
+from labhelpers import http_get, https_get, tree_changes
 
 from certfab.inventory import load_inventory
 from certfab.lab import Lab
@@ -41,46 +40,9 @@ CERTFAB_TREES = (
 PAGES = ("/", "/index.html")
 HSTS_MAX_AGE = 63072000
 
-# The file tree as seen on the host: path -> kind, mode, owner and sha256 (or a symlink's target).
-_SNAPSHOT = r"""
-import hashlib, json, os, stat, sys
-out = {}
-for root in sys.argv[1:]:
-    if not os.path.lexists(root):
-        out[root] = "absent"
-        continue
-    paths = [root]
-    if os.path.isdir(root) and not os.path.islink(root):
-        for d, dirs, files in os.walk(root):
-            paths += [os.path.join(d, n) for n in dirs + files]
-    for p in paths:
-        st = os.lstat(p)
-        meta = f"{stat.S_IMODE(st.st_mode):o} {st.st_uid}:{st.st_gid}"
-        if stat.S_ISLNK(st.st_mode):
-            out[p] = "link -> " + os.readlink(p)
-        elif stat.S_ISDIR(st.st_mode):
-            out[p] = "dir " + meta
-        else:
-            with open(p, "rb") as f:
-                out[p] = "file " + meta + " " + hashlib.sha256(f.read()).hexdigest()
-print(json.dumps(out, sort_keys=True))
-"""
-
-
 def snapshot(lab: Lab, host: str, paths: tuple[str, ...] = CERTFAB_TREES) -> dict[str, str]:
     """Every file, directory and symlink under `paths` on the host, with mode, owner and sha256."""
-    result = lab.host_exec(host, ["python3", "-c", _SNAPSHOT, *paths])
-    data: dict[str, str] = json.loads(result.stdout)
-    return data
-
-
-def tree_changes(before: dict[str, str], after: dict[str, str]) -> dict[str, tuple[str | None, str | None]]:
-    """Paths whose entry differs between two snapshots: path -> (before, after)."""
-    return {
-        p: (before.get(p), after.get(p))
-        for p in sorted(before.keys() | after.keys())
-        if before.get(p) != after.get(p)
-    }
+    return labhelpers.snapshot(lab, host, paths)
 
 
 def host_text(lab: Lab, host: str, path: str) -> str:
@@ -92,43 +54,6 @@ def pebble_validations(lab: Lab, names: tuple[str, ...]) -> int:
     """How many HTTP-01 validations Pebble started for these names (authz reuse is off in the lab)."""
     log = lab.pebble_log()
     return sum(log.count(f'Value:"{name}"}}') for name in names)
-
-
-@dataclass(frozen=True)
-class Response:
-    """What a server answered to one request."""
-
-    status: int
-    headers: http.client.HTTPMessage
-    body: bytes
-
-
-def http_get(address: str, name: str, path: str = "/", port: int = 80) -> Response:
-    """GET http://name:port/path from address (no redirects followed, no proxies)."""
-    conn = http.client.HTTPConnection(address, port, timeout=10)
-    try:
-        conn.request("GET", path, headers={"Host": name, "Connection": "close"})
-        resp = conn.getresponse()
-        return Response(resp.status, resp.headers, resp.read())
-    finally:
-        conn.close()
-
-
-def https_get(address: str, name: str, cafile: Path, path: str = "/") -> tuple[Response, bytes]:
-    """GET https://name/path from address, chain and name verified against `cafile`; also the leaf (DER)."""
-    ctx = ssl.create_default_context(cafile=str(cafile))
-    raw = socket.create_connection((address, 443), timeout=10)
-    tls = ctx.wrap_socket(raw, server_hostname=name)
-    conn = http.client.HTTPConnection(name, 443, timeout=10)
-    conn.sock = tls
-    try:
-        leaf = tls.getpeercert(binary_form=True)
-        assert leaf
-        conn.request("GET", path, headers={"Connection": "close"})
-        resp = conn.getresponse()
-        return Response(resp.status, resp.headers, resp.read()), leaf
-    finally:
-        conn.close()
 
 
 def fetch_pages(address: str, domains: tuple[str, ...]) -> dict[tuple[str, str], tuple[int, bytes]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pty
@@ -10,13 +9,13 @@ import re
 import signal
 import socket
 import ssl
-import stat
 import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import labhelpers
 import pytest
 import yaml
 from conftest import REPO_DIR, VENV_BIN, certfab_cli
@@ -40,24 +39,8 @@ def domains(lab: Lab, host: str) -> tuple[str, ...]:
 
 
 def snapshot(lab: Lab, host: str, trees: tuple[str, ...] = TREES) -> dict[str, str]:
-    """Every entry under `trees` on a host: type, mode, owner and content hash (links by target)."""
-    entries: dict[str, str] = {}
-    for tree in trees:
-        root = lab.host_path(host, tree)
-        if not os.path.lexists(root):
-            continue
-        paths = [root] + sorted(p for p in root.rglob("*")) if root.is_dir() else [root]
-        for path in paths:
-            info = path.lstat()
-            name = tree + str(path)[len(str(root)):]
-            meta = f"{stat.filemode(info.st_mode)} {info.st_uid}:{info.st_gid}"
-            if stat.S_ISLNK(info.st_mode):
-                entries[name] = f"{meta} -> {os.readlink(path)}"
-            elif stat.S_ISREG(info.st_mode):
-                entries[name] = f"{meta} {hashlib.sha256(path.read_bytes()).hexdigest()}"
-            else:
-                entries[name] = meta
-    return entries
+    """Every entry under `trees` on a host: kind, mode, owner and content hash (links by target)."""
+    return labhelpers.snapshot(lab, host, trees)
 
 
 def changed(before: dict[str, str], after: dict[str, str]) -> list[str]:

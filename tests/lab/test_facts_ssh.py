@@ -19,12 +19,21 @@ from typing import Any
 
 import paramiko
 import pytest
-import yaml
 from conftest import certfab_cli
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
+from labhelpers import (
+    SshdLog,
+    host_blocks,
+    inventory_copy,
+    known_hosts_without,
+    one_error_line,
+    scanned_host_key,
+    ssh_fingerprint,
+    with_known_hosts,
+)
 
 from certfab.facts import FACTS_SCRIPT, facts_context
 from certfab.facts_view import facts_text
@@ -47,108 +56,6 @@ def hosts(module_hosts: tuple[str, ...], lab: Lab) -> Iterator[tuple[str, ...]]:
 
 
 # ------------------------------------------------------------------------------------------ helpers
-
-
-def inventory_copy(lab: Lab, directory: Path, edit: Callable[[dict[str, Any]], None] | None = None) -> Path:
-    """A copy of the lab inventory in `directory` (lab file paths made absolute), changed by `edit`."""
-    data = yaml.safe_load(lab.info.inventory.read_text())
-    lab_dir = lab.info.inventory.parent
-    data["ssh"]["known_hosts"] = str(lab_dir / data["ssh"]["known_hosts"])
-    data["defaults"]["key_file"] = str(lab_dir / data["defaults"]["key_file"])
-    for key in ("ca_bundle", "trust_roots"):
-        data["acme"][key] = str(lab_dir / data["acme"][key])
-    if edit is not None:
-        edit(data)
-    path = directory / "inventory.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
-def with_known_hosts(path: Path) -> Callable[[dict[str, Any]], None]:
-    """An inventory edit pointing ssh.known_hosts at `path`."""
-
-    def edit(data: dict[str, Any]) -> None:
-        data["ssh"]["known_hosts"] = str(path)
-
-    return edit
-
-
-def known_hosts_without(lab: Lab, directory: Path, name: str) -> Path:
-    """A copy of lab/known_hosts with every line for one host's address removed."""
-    address = lab.info.host(name).address
-    lines = [line for line in lab.info.known_hosts.read_text().splitlines() if line.split(" ", 1)[0] != address]
-    path = directory / "known_hosts"
-    path.write_text("".join(line + "\n" for line in lines))
-    return path
-
-
-def ssh_fingerprint(public_line: str) -> str:
-    """SHA256 fingerprint of an OpenSSH public key line, computed by ssh-keygen."""
-    result = subprocess.run(
-        ["ssh-keygen", "-l", "-E", "sha256", "-f", "-"], input=public_line + "\n", capture_output=True,
-        text=True, check=True, timeout=30,
-    )
-    return result.stdout.split()[1]
-
-
-def scanned_host_key(lab: Lab, name: str) -> str:
-    """The host's ed25519 key as its sshd presents it (ssh-keyscan), as `ssh-ed25519 BASE64`."""
-    address = lab.info.host(name).address
-    result = subprocess.run(
-        ["ssh-keyscan", "-t", "ed25519", "-T", "10", address], capture_output=True, text=True, timeout=60,
-        check=False,
-    )
-    for line in result.stdout.splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[0] == address and parts[1] == "ssh-ed25519":
-            return f"{parts[1]} {parts[2]}"
-    raise AssertionError(f"ssh-keyscan got no ed25519 key from {address}: {result.stderr}")
-
-
-class SshdLog:
-    """The lines a host's sshd logs from now on (it runs with -e into the lab's per-host log)."""
-
-    def __init__(self, lab: Lab, name: str) -> None:
-        self.path = lab.info.log_dir / f"{name}.log"
-        self.start = self.path.stat().st_size
-
-    def lines(self) -> list[str]:
-        with open(self.path, "rb") as handle:
-            handle.seek(self.start)
-            return handle.read().decode(errors="replace").splitlines()
-
-    def logins(self) -> list[str]:
-        """Successful authentications: without one, no command can have run."""
-        return [line for line in self.lines() if line.startswith("Accepted ")]
-
-    def wait_for(self, pattern: str, timeout: float = 10) -> list[str]:
-        """Wait until a line matching `pattern` was logged; return the lines so far."""
-        deadline = time.monotonic() + timeout
-        while True:
-            lines = self.lines()
-            if any(re.search(pattern, line) for line in lines) or time.monotonic() > deadline:
-                return lines
-            time.sleep(0.1)
-
-
-def host_blocks(text: str) -> dict[str, str]:
-    """Split `fab facts` text output into one block per host (a host line starts at column 0)."""
-    blocks: dict[str, list[str]] = {}
-    current: list[str] = []
-    for line in text.splitlines():
-        if line and not line[0].isspace():
-            current = blocks.setdefault(line.split(" ", 1)[0], [])
-        current.append(line)
-    return {name: "\n".join(lines) for name, lines in blocks.items()}
-
-
-def one_error_line(stderr: str) -> str:
-    """The only line on stderr, which must be an `error:` line without a traceback."""
-    assert "Traceback" not in stderr, stderr
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith("error: "), stderr
-    return lines[0]
 
 
 def nginx_versions(lab: Lab, name: str) -> tuple[str, str]:

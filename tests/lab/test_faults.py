@@ -29,6 +29,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+import labhelpers
 import pytest
 import yaml
 from conftest import VENV_BIN, certfab_cli
@@ -95,19 +96,7 @@ def fresh(lab: Lab, host: str) -> None:
 
 def snapshot(lab: Lab, host: str, trees: tuple[str, ...] = WATCHED_TREES) -> dict[str, str]:
     """Every file, link and directory under `trees` as the host sees it: content hash, mode and owner."""
-    script = (
-        "import hashlib, os, stat, sys\n"
-        "for top in sys.argv[1:]:\n"
-        "    for base, dirs, files in os.walk(top):\n"
-        "        for name in sorted(dirs + files):\n"
-        "            p = os.path.join(base, name); st = os.lstat(p)\n"
-        "            if stat.S_ISLNK(st.st_mode): what = '-> ' + os.readlink(p)\n"
-        "            elif stat.S_ISDIR(st.st_mode): what = 'dir'\n"
-        "            else: what = hashlib.sha256(open(p, 'rb').read()).hexdigest()\n"
-        "            print(p, oct(st.st_mode), st.st_uid, st.st_gid, what, sep='\\t')\n"
-    )
-    out = lab.host_exec(host, ["python3", "-c", script, *trees]).stdout
-    return {line.split("\t", 1)[0]: line.split("\t", 1)[1] for line in out.splitlines()}
+    return labhelpers.snapshot(lab, host, trees)
 
 
 def nginx_test_ok(lab: Lab, host: str) -> bool:

@@ -9,6 +9,7 @@ import shlex
 import subprocess
 from typing import Any
 
+import labhelpers
 from conftest import certfab_cli
 
 from certfab.inventory import load_inventory
@@ -38,21 +39,7 @@ def bootstrap(lab: Lab, host: str) -> tuple[subprocess.CompletedProcess[str], di
 
 def snapshot(lab: Lab, host: str, trees: tuple[str, ...] = WATCHED) -> dict[str, str]:
     """Every entry under `trees` on the host: kind, mode, owner and content hash (or link target)."""
-    script = (
-        "import hashlib, os, stat, sys\n"
-        "for top in sys.argv[1:]:\n"
-        "    entries = [top] if os.path.lexists(top) else []\n"
-        "    for base, dirs, files in os.walk(top):\n"
-        "        entries += [os.path.join(base, n) for n in dirs + files]\n"
-        "    for p in sorted(entries):\n"
-        "        st = os.lstat(p)\n"
-        "        if stat.S_ISLNK(st.st_mode): what = '-> ' + os.readlink(p)\n"
-        "        elif stat.S_ISDIR(st.st_mode): what = 'dir'\n"
-        "        else: what = hashlib.sha256(open(p, 'rb').read()).hexdigest()\n"
-        "        print(repr(p), oct(st.st_mode), st.st_uid, st.st_gid, what, sep='\\t')\n"
-    )
-    out = lab.host_exec(host, ["python3", "-c", script, *trees]).stdout
-    return {line.split("\t", 1)[0]: line.split("\t", 1)[1] for line in out.splitlines()}
+    return labhelpers.snapshot(lab, host, trees)
 
 
 def pwned(lab: Lab, host: str) -> list[str]:
@@ -165,7 +152,7 @@ exec /usr/bin/flock "$@"
         assert lab.host_path(B, site).read_text() == original + "# edited by hand while certfab ran\n"
         after = snapshot(lab, B, ("/etc/nginx", "/etc/certfab", "/etc/cron.d"))
         changed = {p for p in before.keys() | after.keys() if before.get(p) != after.get(p)}
-        assert changed == {repr(site)}, changed
+        assert changed == {site}, changed
         assert leftovers(lab, B) == [] and nginx_test_ok(lab, B)
     finally:
         lab.host_path(B, "/usr/local/sbin/flock").unlink(missing_ok=True)

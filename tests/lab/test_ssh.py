@@ -14,7 +14,7 @@ import pytest
 from conftest import certfab_cli
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from test_facts_ssh import (
+from labhelpers import (
     SshdLog,
     host_blocks,
     inventory_copy,
