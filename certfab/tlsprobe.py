@@ -6,6 +6,7 @@ sending the site's name as SNI and Host. Network problems come back as readable 
 
 from __future__ import annotations
 
+import functools
 import http.client
 import socket
 import ssl
@@ -161,8 +162,13 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
             raise
 
 
+@functools.lru_cache(maxsize=1)
 def _unverified_context() -> ssl.SSLContext:
-    """A client context that accepts any certificate: used only to read what is served."""
+    """A client context that accepts any certificate: used only to read what is served.
+
+    One for the whole run (contexts are safe to share between threads; making one per handshake
+    costs more than the handshake's own client work).
+    """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
