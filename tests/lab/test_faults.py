@@ -105,9 +105,18 @@ def nginx_test_ok(lab: Lab, host: str) -> bool:
 
 
 def nginx_workers(lab: Lab, host: str) -> set[int]:
-    """Pids of the host's nginx workers (a reload replaces them)."""
+    """Pids of the host's live nginx workers (a reload replaces them).
+
+    Workers an earlier reload retired linger a moment after the new ones start: wait (up to 10 s)
+    until no more than `worker_processes auto` (one per CPU) are left, so they are not counted.
+    """
     master = int(sh(lab, host, "cat /run/nginx.pid").strip())
-    return {pid for pid in proc.descendants([master]) if "worker process" in " ".join(proc.cmdline(pid))}
+    deadline = time.monotonic() + 10
+    while True:
+        workers = {pid for pid in proc.descendants([master]) if "worker process" in " ".join(proc.cmdline(pid))}
+        if len(workers) <= (os.cpu_count() or 1) or time.monotonic() > deadline:
+            return workers
+        time.sleep(0.1)
 
 
 def http_get(lab: Lab, host: str, domain: str) -> tuple[int, str]:
