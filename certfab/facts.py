@@ -171,11 +171,12 @@ def parse_facts(host: str, reply: Reply, nginx_files: dict[str, ConfigFile] | No
     status = parse_status(status_text) if status_text.strip() else None
     os_release = dict(line.split("=", 1) for line in reply.text("os").splitlines() if "=" in line)
     runtime_lines = runtime.text.strip().splitlines() if runtime is not None else []
+    uid_text = reply.text("uid").strip()
     return HostFacts(
         host=host,
         os_name=os_release.get("PRETTY_NAME", "unknown").strip('"'),
         hostname=reply.text("hostname").strip(),
-        uid=int(reply.text("uid", "-1").strip() or -1) if reply.text("uid", "-1").strip().lstrip("-").isdigit() else -1,
+        uid=int(uid_text) if uid_text.isdigit() else -1,
         systemd=reply.text("systemd").strip() == "yes",
         tools=frozenset(f.text for f in reply.all("tool")),
         nginx=nginx,
@@ -198,8 +199,9 @@ def reply_texts(reply: Reply, name: str) -> dict[str, str]:
     return {f.arg: f.text for f in reply.all(name)}
 
 
-def _take_files(reply: Reply, files: dict[str, ConfigFile], refused: dict[str, str],
-                expanded: dict[str, tuple[str, ...]]) -> None:
+def take_file_frames(reply: Reply, files: dict[str, ConfigFile], refused: dict[str, str],
+                     expanded: dict[str, tuple[str, ...]]) -> None:
+    """Add one reading round's nginx files, refusals and glob matches to what was read before."""
     real = reply_texts(reply, "nginx-real")
     for frame in reply.all("nginx-file"):
         real_path = real.get(frame.arg, frame.arg)

@@ -19,10 +19,10 @@ from certfab.facts import (
     REPORT_SCRIPT,
     ConfigFile,
     HostFacts,
-    _take_files,
     facts_context,
     parse_facts,
     report_context,
+    take_file_frames,
 )
 from certfab.inventory import Inventory
 from certfab.paths import STATE_DIR
@@ -59,7 +59,7 @@ def read_nginx_files(remote: Remote, reply: Reply) -> tuple[dict[str, ConfigFile
     conf_prefix = posixpath.dirname(main)
     current = reply
     for _ in range(MAX_INCLUDE_ROUNDS):
-        _take_files(current, files, refused, expanded)
+        take_file_frames(current, files, refused, expanded)
         found = includes.scan({p: f.text for p, f in files.items()}, main, conf_prefix, expanded)
         for path, f in list(files.items()):
             if includes.is_key_file(path, found) or includes.is_key_file(f.real_path, found):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 
+from certfab.includes import DENIED_PREFIXES
 from certfab.protocol import Reply, new_nonce, parse_frames
 from certfab.templating import render
 
@@ -19,7 +20,9 @@ def render_script(name: str, *, nonce: str, root: str = "", **context: object) -
     """templates/remote/<name> with the protocol's nonce and the sandbox root ('' on real hosts)."""
     if root and not root.startswith("/"):
         raise ValueError(f"sandbox root {root!r} must be an absolute path")
-    return render(f"{SCRIPT_DIR}/{name}", nonce=nonce, root=root.rstrip("/"), **context)
+    # Where private keys live, from the one list the controller checks too.
+    return render(f"{SCRIPT_DIR}/{name}", nonce=nonce, root=root.rstrip("/"),
+                  denied_prefixes=DENIED_PREFIXES, **context)
 
 
 def run_local(name: str, *, root: str, timeout: float = 60, env: dict[str, str] | None = None,
