@@ -459,3 +459,58 @@ def set_redirect_names(text: str, block: ServerBlock, names: Sequence[str]) -> s
     _, inner = _indents(text, st)
     line = f"{inner}server_name {value};"
     return _verify(_apply(text, [_insert_after(text, st.term.end, [line], inner)]), block.file)
+
+
+def _header_contexts(st: Statement) -> list[Statement]:
+    """Every `location` and `if` inside `st` (at any depth) that sets an `add_header` of its own.
+
+    nginx sends a level's `add_header` headers only where a nested level sets none: each of these
+    drops every header of the levels around it, HSTS included.
+    """
+    found: list[Statement] = []
+    for child in st.children or []:
+        if child.is_comment or child.children is None or child.directive not in ("location", "if"):
+            continue
+        if any(c.directive == "add_header" and not c.is_comment for c in child.children):
+            found.append(child)
+        found += _header_contexts(child)
+    return found
+
+
+def header_locations(text: str, block: ServerBlock) -> list[tuple[int, str]]:
+    """(line, location argument text) of every location/if of `block` that sets its own add_header."""
+    _, st = _locate(text, block)
+    return [(c.name.line, " ".join(a.value for a in c.args)) for c in _header_contexts(st)]
+
+
+def add_location_includes(text: str, block: ServerBlock, include_path: str,
+                          comment: str = "managed by certfab") -> str:
+    """Insert `include PATH;` first in every location/if of `block` that sets its own add_header.
+
+    Unchanged where a location includes it already. Raises NginxConfError like add_include.
+    """
+    _, st = _locate(text, block)
+    target = resolve_path(block.prefix, include_path)
+    edits: list[_Edit] = []
+    for loc in _header_contexts(st):
+        if any(resolve_path(block.prefix, inc) == target for inc in _direct_includes(loc)):
+            continue
+        assert loc.term is not None
+        _, inner = _indents(text, loc)
+        line = f"{inner}include {_quote(include_path)};" + (f"  # {comment}" if comment else "")
+        edits.append(_insert_after(text, loc.term.end, [line], inner))
+    if not edits:
+        return text
+    return _verify(_apply(text, edits), block.file)
+
+
+def probe_path(location_args: str) -> str | None:
+    """A request path that lands in a location with these arguments, or None (regex, named, `if`)."""
+    parts = location_args.split()
+    if len(parts) == 2 and parts[0] in ("=", "^~"):
+        path = parts[1]
+    elif len(parts) == 1 and not parts[0].startswith("@"):
+        path = parts[0]
+    else:
+        return None
+    return path if path.startswith("/") and path.isprintable() and " " not in path else None
