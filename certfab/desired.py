@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Literal
 
-from certfab import nginxconf, renewal, tls
+from certfab import nginxconf, origin, renewal, tls
 from certfab.certs import RENEW_FRACTION, parse_pem
 from certfab.errors import PreflightError
 from certfab.facts import ConfigFile, HostFacts
@@ -269,6 +269,7 @@ def desired_state(
                 ),
             )
             continue
+        start = dict(texts)
         # Edit the site's existing blocks one change at a time, re-reading positions after each.
         for _ in range(4 * len(site.domains) + 4):
             tree = _tree(texts, facts)
@@ -290,6 +291,13 @@ def desired_state(
             raise PreflightError(f"{host.name}: site {site.name}: nginx edits did not converge")
         if https and host.tls.hsts_max_age > 0:
             probe_paths[site.name] = _hsts_in_locations(texts, facts, site)
+        # What the site's files held before certfab, for remove-site (written with the edits themselves).
+        record = origin.updated_origin(
+            origin.parse_origin(facts.owned_files.get(origin.origin_path(site.name)), site.name), site.name,
+            {real[p]: start[p] for p in texts}, {real[p]: texts[p] for p in texts if texts[p] != start[p]},
+        )
+        if record is not None and any(texts[p] != start[p] for p in texts):
+            put(origin.origin_path(site.name), origin.render_origin(record), "0600")
 
     if any(paths for paths in probe_paths.values()) or any(HSTS_INCLUDE in text for text in texts.values()):
         put(HSTS_INCLUDE, tls.render_hsts_include(host.tls.hsts_max_age, host.tls.hsts_include_subdomains,

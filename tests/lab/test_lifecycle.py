@@ -136,3 +136,92 @@ def test_locations_with_their_own_headers_get_hsts_and_keep_their_headers(
     # a second run changes nothing
     again = fab_ok(lab, "-H", WEB19, "bootstrap")
     assert "no change" in again.stdout, again.stdout
+
+
+def pebble_cert_status(lab: Lab, serial: int) -> dict[str, object]:
+    """What Pebble's management interface says about a certificate it issued."""
+    import json
+    import ssl
+    import urllib.request
+
+    ctx = ssl.create_default_context(cafile=str(lab.info.pebble_ca))
+    url = f"https://{lab.info.bridge_address}:15000/cert-status-by-serial/{serial:x}"
+    with urllib.request.urlopen(url, context=ctx, timeout=10) as response:
+        data: dict[str, object] = json.loads(response.read())
+    return data
+
+
+def nginx_files_mentioning(lab: Lab, host: str, needle: str) -> str:
+    return lab.host_exec(host, ["sh", "-c", 'grep -rlF -- "$1" /etc/nginx || true', "sh", needle]).stdout.strip()
+
+
+def test_remove_site_is_refused_while_the_inventory_lists_it(lab: Lab, web19_headers_site: HeadersSite) -> None:
+    before = labhelpers.snapshot(lab, WEB19, ("/etc/nginx", "/etc/letsencrypt") + CERTFAB_PATHS)
+    result = fab(lab, "-H", WEB19, "remove-site", "web19")
+    assert result.returncode == 2, result.stderr
+    assert "still lists web19" in labhelpers.one_error_line(result.stderr)
+    assert labhelpers.snapshot(lab, WEB19, ("/etc/nginx", "/etc/letsencrypt") + CERTFAB_PATHS) == before
+
+
+def test_remove_site_gives_back_the_plain_site_and_revokes(lab: Lab, web19_headers_site: HeadersSite) -> None:
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate(lab.host_path(WEB19, "/etc/letsencrypt/live/web19/cert.pem").read_bytes())
+    assert pebble_cert_status(lab, cert.serial_number).get("Status") == "Valid"
+    result = fab_ok(lab, "-H", WEB19, "remove-site", "web19", "--revoke", "--force")
+    assert "revoked certificate web19" in result.stdout and "deleted certificate web19" in result.stdout
+    assert "HSTS" in result.stderr, result.stderr
+    # the site file is byte for byte what it was before certfab, and serves the same bytes over HTTP
+    site_file = lab.host_path(WEB19, SITE_FILE.format(host=WEB19))
+    assert site_file.read_bytes() == web19_headers_site.site_text.encode()
+    assert http_pages(lab, WEB19, WEB19_DOMAINS) == web19_headers_site.pages_before
+    assert nginx_files_mentioning(lab, WEB19, "site-web19.conf") == ""
+    assert not lab.host_path(WEB19, "/etc/nginx/certfab/site-web19.conf").exists()
+    assert not lab.host_path(WEB19, "/var/lib/certfab/origin/web19.json").exists()
+    # the lineage is gone, and the CA says the certificate is revoked
+    assert not lab.host_path(WEB19, "/etc/letsencrypt/live/web19").exists()
+    assert not lab.host_path(WEB19, "/etc/letsencrypt/renewal/web19.conf").exists()
+    assert pebble_cert_status(lab, cert.serial_number).get("Status") == "Revoked"
+    # a second run finds nothing to do and changes nothing
+    before = labhelpers.snapshot(lab, WEB19, ("/etc/nginx", "/etc/letsencrypt") + CERTFAB_PATHS)
+    again = fab_ok(lab, "-H", WEB19, "remove-site", "web19", "--revoke", "--force")
+    assert "no change" in again.stdout, again.stdout
+    assert labhelpers.snapshot(lab, WEB19, ("/etc/nginx", "/etc/letsencrypt") + CERTFAB_PATHS) == before
+
+
+def assert_nginx_test_clean(lab: Lab, host: str) -> None:
+    """`nginx -t` passes and prints only its two usual lines: no warning of any kind."""
+    lines = lab.host_exec(host, "nginx -t 2>&1").stdout.strip().splitlines()
+    assert lines == [
+        "nginx: the configuration file /etc/nginx/nginx.conf syntax is ok",
+        "nginx: configuration file /etc/nginx/nginx.conf test is successful",
+    ], lines
+
+
+@pytest.fixture(scope="module")
+def web20_uninstalled(lab: Lab, module_hosts: tuple[str, ...]) -> subprocess.CompletedProcess[str]:
+    assert WEB20 in module_hosts
+    fab_ok(lab, "-H", WEB20, "bootstrap")
+    return fab_ok(lab, "-H", WEB20, "uninstall")
+
+
+def test_uninstall_leaves_no_certfab_file_and_the_site_on_https(
+    lab: Lab, web20_uninstalled: subprocess.CompletedProcess[str]
+) -> None:
+    assert "nothing renews" in web20_uninstalled.stderr, web20_uninstalled.stderr
+    left = labhelpers.snapshot(lab, WEB20, CERTFAB_PATHS)
+    assert set(left.values()) == {"absent"}, left
+    assert lab.host_exec(WEB20, "ls /etc/nginx/conf.d").stdout.count("certfab") == 0
+    assert nginx_files_mentioning(lab, WEB20, "certfab/") == ""
+    assert_nginx_test_clean(lab, WEB20)
+    address = lab.info.host(WEB20).address
+    for domain in ("web20.test", "www.web20.test"):
+        resp, _ = https_get(address, domain, lab.info.pebble_root, "/")
+        assert resp.status == 200 and b"Hello from web20" in resp.body
+        assert resp.headers.get("Strict-Transport-Security") == HSTS
+        assert http_get(address, domain, "/").status == 301
+    # a second run is a no-op
+    before = labhelpers.snapshot(lab, WEB20, ("/etc/nginx", "/etc/letsencrypt", "/var/lib") + CERTFAB_PATHS)
+    again = fab_ok(lab, "-H", WEB20, "uninstall")
+    assert "no change" in again.stdout, again.stdout
+    assert labhelpers.snapshot(lab, WEB20, ("/etc/nginx", "/etc/letsencrypt", "/var/lib") + CERTFAB_PATHS) == before
