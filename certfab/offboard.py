@@ -199,8 +199,8 @@ def plan_uninstall(host: str, facts: HostFacts, *, restore_http: bool, keep_cert
     nginx = working.nginx
     assert nginx is not None
     for config in nginx.files.values():
-        if config.real_path in final and final[config.real_path] is None:
-            continue
+        if (config.real_path in final and final[config.real_path] is None) or config.real_path in working.owned_files:
+            continue  # certfab's own files go
         inlined = inline_includes(config.text, config.path, nginx.prefix, working.owned_files)
         if inlined != config.text:
             final[config.real_path] = inlined

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from certfab.offboard import OffboardResult
     from certfab.outcome import HostOutcome
 
-__all__ = ["remove_site", "uninstall"]
+__all__ = ["lint", "remove_site", "uninstall"]
 
 
 def _finish(outcomes: list[HostOutcome[OffboardResult]], *, check: bool) -> None:
@@ -97,3 +97,45 @@ def uninstall(c: Context, inventory: str | None = None, restore_http: bool = Fal
 
     _finish(run_fleet(hosts, inv, pipeline, parallel=1, accept_new=accept_new, config=fabric_config(c)),
             check=check)
+
+
+@task(help={**helps("inventory", "limit", "accept_new", "json", "parallel"),
+            "fix": "apply the safe fixes (shown as diffs) as one transaction: nginx -t, reload, rollback on failure"})
+@reports_errors
+def lint(c: Context, inventory: str | None = None, limit: str | None = None, fix: bool = False,
+         accept_new: bool = False, json_: bool = False, parallel: int = 10) -> None:
+    """List what is wrong with the TLS configuration on hosts (file:line, problem, fix); exit 0/1/2."""
+    import json
+
+    from certfab.cli import LiveProgress, exit_with, fabric_config, inventory_for, print_error, target_hosts
+    from certfab.fleet import run_fleet
+    from certfab.lint import exit_code, findings_lines
+    from certfab.linting import lint_host
+    from certfab.textsafe import for_terminal
+
+    inv = inventory_for(c, inventory)
+    hosts = target_hosts(c, inv, limit)
+    with LiveProgress([h.name for h in hosts], "lint") as progress:
+        outcomes = run_fleet(hosts, inv, lambda session: lint_host(session, fix=fix), parallel=parallel,
+                             accept_new=accept_new, config=fabric_config(c), progress=progress)
+    if json_:
+        sys.stdout.write(json.dumps([
+            {"host": o.host, "error": o.error,
+             "findings": [f.to_json() for f in o.value.findings] if o.value else [],
+             "fixed": o.value.fixed if o.value else [], "diffs": o.value.diffs if o.value else []}
+            for o in outcomes], indent=2) + "\n")
+    else:
+        for outcome in outcomes:
+            if outcome.value is None:
+                continue
+            text = "".join(outcome.value.diffs) + "".join(f"{outcome.host}: {line}\n" for line in outcome.value.fixed)
+            text += "".join(line + "\n" for line in findings_lines(outcome.host, outcome.value.findings))
+            if not outcome.value.findings:
+                text += f"{outcome.host}: clean\n"
+            sys.stdout.write(for_terminal(text) if sys.stdout.isatty() else text)
+    sys.stdout.flush()
+    for outcome in outcomes:
+        if outcome.failed:
+            print_error(outcome.error or f"{outcome.host}: failed")
+    worst = max((exit_code(o.value.findings) for o in outcomes if o.value is not None), default=0)
+    exit_with(max([worst] + [2 for o in outcomes if o.failed]))

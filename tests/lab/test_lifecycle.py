@@ -4,6 +4,7 @@ revocation), uninstall, and lint (with --fix) on a hand-written HTTPS server."""
 from __future__ import annotations
 
 import subprocess
+import time
 from dataclasses import dataclass
 
 import labhelpers
@@ -114,6 +115,10 @@ def web19_headers_site(lab: Lab, module_hosts: tuple[str, ...]) -> HeadersSite:
         page.parent.mkdir(parents=True, exist_ok=True)
         page.write_text(body)
     reload_nginx(lab, WEB19)
+    address = lab.info.host(WEB19).address
+    deadline = time.monotonic() + 10
+    while http_get(address, WEB19_DOMAINS[0], "/api").status != 200 and time.monotonic() < deadline:
+        time.sleep(0.2)  # nginx reloads asynchronously
     pages = http_pages(lab, WEB19, WEB19_DOMAINS)
     assert all(status == 200 for status, _ in pages.values()), pages
     fab_ok(lab, "-H", WEB19, "bootstrap")

@@ -1,0 +1,55 @@
+"""`lint` on a host: read its facts, list the findings; with fix, apply the safe fixes as one
+transaction (nginx -t, reload, rollback on failure) and lint again."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from certfab.bootstrap import BootstrapResult
+from certfab.executor import HostRun
+from certfab.fleet import HostSession
+from certfab.gather import gather
+from certfab.lint import HSTS_FIX_AGE, Finding, fixes, lint_facts
+from certfab.transaction import FileWrite, expect_as_read
+
+
+@dataclass
+class LintResult:
+    """A host's findings (after the fixes, when fixing) and the diffs of the fixes applied."""
+
+    host: str
+    findings: list[Finding] = field(default_factory=list)
+    diffs: list[str] = field(default_factory=list)
+    fixed: list[str] = field(default_factory=list)
+
+
+def lint_host(session: HostSession, *, fix: bool) -> LintResult:
+    """Lint one host; with fix, apply the fixable findings' fixes through the transaction, then lint again."""
+    host = session.host
+    session.step("reading facts")
+    facts = gather(session.remote)
+    age, subdomains = host.tls.hsts_max_age or HSTS_FIX_AGE, host.tls.hsts_include_subdomains
+    result = LintResult(host.name, lint_facts(facts, hsts_max_age=age, include_subdomains=subdomains))
+    if not fix or not any(f.fixable for f in result.findings) or facts.nginx is None:
+        return result
+    changed = fixes(facts, hsts_max_age=age, include_subdomains=subdomains)
+    if not changed:
+        return result
+    files = facts.nginx.files
+    writes = expect_as_read([FileWrite(files[p].real_path, text, None) for p, text in changed.items()],
+                            {f.real_path: f.text for f in files.values()})
+    result.diffs = ["".join(difflib.unified_diff(files[p].text.splitlines(keepends=True), text.splitlines(keepends=True),
+                                                 fromfile=files[p].real_path, tofile=files[p].real_path))
+                    for p, text in changed.items()]
+    run = HostRun(session, acme_ca_pem=None, now=datetime.now(timezone.utc), result=BootstrapResult(host.name))
+    try:
+        run.take_lock()
+        run.apply(writes, "applying lint fixes")
+        run.commit()
+    finally:
+        run.release()
+    result.fixed = [f"updated {w.path}" for w in writes]
+    result.findings = lint_facts(gather(session.remote), hsts_max_age=age, include_subdomains=subdomains)
+    return result
