@@ -17,7 +17,7 @@ from certfab.facts import HostFacts
 from certfab.nginx.lexer import Statement, parse_text, walk_statements
 from certfab.nginx.model import resolve_path
 from certfab.origin import ORIGIN_DIR, invert, origin_path, parse_origin
-from certfab.paths import ACME_INCLUDE, NGINX_CERTFAB_DIR
+from certfab.paths import ACME_CA, ACME_INCLUDE, NGINX_CERTFAB_DIR
 from certfab.tls import managed_site_path, site_include_path
 from certfab.transaction import FileWrite, expect_as_read
 
@@ -205,8 +205,8 @@ def plan_uninstall(host: str, facts: HostFacts, *, restore_http: bool, keep_cert
         if inlined != config.text:
             final[config.real_path] = inlined
     for path in working.owned_files:
-        if path in final:
-            continue
+        if path in final or (path == ACME_CA and lineages):
+            continue  # certbot still needs the ACME server's CA to revoke or delete: removed last
         if path.startswith("/etc/nginx/conf.d/certfab-"):
             warnings.append(f"{host}: {path} (a site certfab wrote) stays, its includes inlined; remove it "
                             "when the site goes")

@@ -230,3 +230,104 @@ def test_uninstall_leaves_no_certfab_file_and_the_site_on_https(
     again = fab_ok(lab, "-H", WEB20, "uninstall")
     assert "no change" in again.stdout, again.stdout
     assert labhelpers.snapshot(lab, WEB20, ("/etc/nginx", "/etc/letsencrypt", "/var/lib") + CERTFAB_PATHS) == before
+
+
+LEGACY_SITE = """\
+# web20.test -- HTTPS set up by hand, years ago.
+server {
+	listen 80;
+	server_name web20.test www.web20.test;
+	location / {
+		return 301 https://$host$request_uri;
+	}
+}
+server {
+	listen 443;
+	server_name web20.test www.web20.test;
+	ssl on;
+	ssl_certificate /etc/letsencrypt/live/web20/fullchain.pem;
+	ssl_certificate_key /etc/letsencrypt/live/web20/privkey.pem;
+	ssl_protocols TLSv1 TLSv1.1 TLSv1.2;
+	ssl_ciphers HIGH:!aNULL:!MD5;
+	{curves}
+	ssl_prefer_server_ciphers off;
+	ssl_stapling on;
+	ssl_stapling_verify on;
+	root /var/www/web20;
+	index index.html;
+	location / {
+		try_files $uri $uri/ =404;
+	}
+	location /static/ {
+		add_header Cache-Control "public, max-age=3600";
+		try_files $uri =404;
+	}
+}
+"""
+
+
+def line_of(text: str, needle: str) -> int:
+    return next(n for n, line in enumerate(text.splitlines(), 1) if needle in line)
+
+
+def sslyze_intermediate(lab: Lab, host: str, domains: tuple[str, ...]) -> subprocess.CompletedProcess[str]:
+    from conftest import VENV_BIN
+
+    address = lab.info.host(host).address
+    sslyze = VENV_BIN / "sslyze"
+    command = [str(sslyze)] if sslyze.exists() else [str(VENV_BIN / "python"), "-m", "sslyze"]
+    return subprocess.run(
+        [*command, "--mozilla_config=intermediate", "--certinfo_ca_file", str(lab.info.pebble_root),
+         *[f"{domain}:443{{{address}}}" for domain in domains]],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+
+
+def test_lint_reports_a_hand_written_server_and_fixes_it(
+    lab: Lab, web20_uninstalled: subprocess.CompletedProcess[str]
+) -> None:
+    import json
+    import re
+
+    real = lab.host_path(WEB20, SITE_FILE.format(host=WEB20))
+    curves = re.search(r"ssl_ecdh_curve [^;]+;", real.read_text())
+    assert curves is not None
+    legacy = LEGACY_SITE.replace("{curves}", curves.group(0))
+    real.write_text(legacy)
+    (lab.host_path(WEB20, "/var/www/web20/static")).mkdir(exist_ok=True)
+    lab.host_path(WEB20, "/var/www/web20/static/a.css").write_text("body {}\n")
+    reload_nginx(lab, WEB20)
+    assert "warn" in lab.host_exec(WEB20, "nginx -t 2>&1").stdout  # nginx itself warns about ssl on and stapling
+
+    nginx_path = "/etc/nginx/sites-enabled/web20"
+    found = fab(lab, "-H", WEB20, "lint", "--json")
+    assert found.returncode == 2, found.stdout + found.stderr
+    rows = json.loads(found.stdout)
+    got = {(f["rule"], f["file"], f["line"]) for f in rows[0]["findings"]}
+    assert got == {
+        ("ssl-on", nginx_path, line_of(legacy, "ssl on;")),
+        ("old-protocols", nginx_path, line_of(legacy, "ssl_protocols")),
+        ("weak-ciphers", nginx_path, line_of(legacy, "ssl_ciphers")),
+        ("ocsp-stapling", nginx_path, line_of(legacy, "ssl_stapling on;")),
+        ("ocsp-stapling", nginx_path, line_of(legacy, "ssl_stapling_verify")),
+        ("no-hsts", nginx_path, line_of(legacy, "listen 443;") - 1),
+        ("hsts-dropped", nginx_path, line_of(legacy, "location /static/")),
+    }, got
+    text = fab(lab, "-H", WEB20, "lint")
+    assert text.returncode == 2
+    assert f"{WEB20}: {nginx_path}:{line_of(legacy, 'ssl on;')}: error:" in text.stdout, text.stdout
+
+    fixed = fab(lab, "-H", WEB20, "lint", "--fix")
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert f"--- {SITE_FILE.format(host=WEB20)}" in fixed.stdout  # the diff of the fix is shown
+    assert_nginx_test_clean(lab, WEB20)
+    address = lab.info.host(WEB20).address
+    for domain in ("web20.test", "www.web20.test"):
+        for path in ("/", "/static/a.css"):
+            resp, _ = https_get(address, domain, lab.info.pebble_root, path)
+            assert resp.status == 200 and resp.headers.get("Strict-Transport-Security") == HSTS, (domain, path)
+    graded = sslyze_intermediate(lab, WEB20, ("web20.test", "www.web20.test"))
+    assert graded.returncode == 0, graded.stdout + graded.stderr
+    assert "web20.test:443: OK - Compliant." in graded.stdout, graded.stdout
+    again = fab(lab, "-H", WEB20, "lint")
+    assert again.returncode == 0 and f"{WEB20}: clean" in again.stdout, again.stdout + again.stderr
