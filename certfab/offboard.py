@@ -14,10 +14,11 @@ from certfab.certs import parse_pem
 from certfab.desired import current_files, updated_facts_files
 from certfab.errors import PreflightError
 from certfab.facts import HostFacts
+from certfab.nginx.edits import revert_https
 from certfab.nginx.lexer import Statement, parse_text, walk_statements
-from certfab.nginx.model import resolve_path
+from certfab.nginx.model import redirect_marker, resolve_path
 from certfab.origin import ORIGIN_DIR, invert, origin_path, parse_origin
-from certfab.paths import ACME_CA, ACME_INCLUDE, NGINX_CERTFAB_DIR
+from certfab.paths import ACME_CA, ACME_INCLUDE, HSTS_INCLUDE, NGINX_CERTFAB_DIR
 from certfab.tls import managed_site_path, site_include_path
 from certfab.transaction import FileWrite, expect_as_read
 
@@ -86,14 +87,22 @@ def _site_writes(host: str, site: str, facts: HostFacts) -> tuple[dict[str, str 
                 )
             if restored != now:
                 out[entry.path] = restored
-    else:
+    elif facts.nginx is not None:
+        # Converted before certfab kept records: take certfab's lines back (the minimal inverse edit).
         include = site_include_path(site)
-        users = [p for p, text in current.items() if include in text and p != include]
-        if users:
-            raise PreflightError(
-                f"{host}: site {site}: certfab has no record of what {', '.join(sorted(users))} held before it; "
-                f"remove the lines that include {include} and the certfab redirect block by hand"
-            )
+        marker = redirect_marker(site)[0]
+        for config in facts.nginx.files.values():
+            if config.real_path in out or (include not in config.text and marker not in config.text):
+                continue
+            if config.real_path in facts.owned_files:
+                continue
+            reverted = revert_https(config.text, config.path, site=site, https_include=include,
+                                    acme_include=ACME_INCLUDE, prefix=facts.nginx.prefix, hsts_include=HSTS_INCLUDE)
+            if include in reverted:
+                raise PreflightError(f"{host}: site {site}: {config.real_path} still includes {include} in a way "
+                                     "certfab did not write; remove it by hand")
+            if reverted != config.text:
+                out[config.real_path] = reverted
     for path in (site_include_path(site), managed_site_path(site), origin_path(site)):
         if path in current:
             out[path] = None
@@ -215,6 +224,9 @@ def plan_uninstall(host: str, facts: HostFacts, *, restore_http: bool, keep_cert
     if not restore_http and facts.lineages:
         warnings.append(f"{host}: nothing renews the certificates any more ({', '.join(sorted(facts.lineages))}); "
                         "they expire unless another tool takes over")
+    if not restore_http:
+        # checked over HTTPS once the includes are inlined
+        domains = [d for site in certfab_sites(facts) if site in facts.lineages for d in _site_domains(site, facts, ())]
     current = current_files(facts)
     changes = tuple(Change(p, current[p], t) for p, t in final.items() if p in current)
     writes = expect_as_read([FileWrite(p, t or "", None, remove=t is None) for p, t in final.items() if p in current],

@@ -13,7 +13,7 @@ from certfab.gather import gather
 from certfab.issue import EXIT_CERTBOT_FAILED, container_command
 from certfab.offboard import Offboarding, OffboardResult, plan_removal, plan_uninstall
 from certfab.paths import ACME_CA, HOST_CONFIG_DIR, NGINX_CERTFAB_DIR
-from certfab.tlsprobe import probe_redirect
+from certfab.tlsprobe import probe_redirect, verify_https
 from certfab.transaction import EXITS, lock_context
 
 REMOVE_SCRIPT = "certbot-remove.sh.j2"
@@ -58,14 +58,34 @@ def _still_redirecting(run: HostRun, domains: tuple[str, ...]) -> list[str]:
         time.sleep(0.5)
 
 
+def _not_served(run: HostRun, domains: tuple[str, ...]) -> list[str]:
+    """Problems of domains that should still answer HTTPS with a valid chain (uninstall keeps them)."""
+    import time
+
+    deadline = time.monotonic() + 8
+    while True:
+        bad = []
+        for domain in domains:
+            got = verify_https(run.host.address, domain, run.inventory.acme.trust_roots,
+                               run.inventory.ssh.connect_timeout)
+            if not got.ok:
+                bad.append(f"https://{domain}/: {got.error}")
+        if not bad or time.monotonic() >= deadline:
+            return bad
+        time.sleep(0.5)
+
+
 def _carry_out(run: HostRun, plan: Offboarding, result: OffboardResult, what: str, *, revoke_reason: str | None,
                verify_http: bool) -> None:
     if plan.writes:
         run.take_lock()
         run.apply(list(plan.writes), what)
-        bad = _still_redirecting(run, plan.domains) if verify_http else []
+        if verify_http:
+            bad = [f"http://{d}/ still redirects to HTTPS" for d in _still_redirecting(run, plan.domains)]
+        else:
+            bad = _not_served(run, plan.domains)
         if bad:
-            run.rollback(f"http://{bad[0]}/ still redirects to HTTPS")
+            run.rollback(bad[0])
         run.commit()
         result.applied += [c.describe() for c in plan.changes]
     if plan.lineages:

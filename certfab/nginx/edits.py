@@ -514,3 +514,63 @@ def probe_path(location_args: str) -> str | None:
     else:
         return None
     return path if path.startswith("/") and path.isprintable() and " " not in path else None
+
+
+def revert_https(text: str, path: str, *, site: str, https_include: str, acme_include: str, prefix: str,
+                 hsts_include: str = "") -> str:
+    """certfab's HTTPS conversion of `site` taken back from one file's text, without a record of the
+    text before it: the marked redirect block goes, its port-80 listens return to the blocks they
+    came from (in place of the 443 listens certfab made of them), and certfab's includes and its
+    added listen lines go. Used by remove-site for sites converted before certfab kept records.
+    """
+    begin, end = redirect_marker(site)
+    marked = re.search(rf"(?ms)^[ \t]*{re.escape(begin)}[ \t]*\r?\n.*?^[ \t]*{re.escape(end)}[ \t]*(\r?\n|\Z)", text)
+    moved: list[str] = []
+    if marked is not None:
+        for stmt in walk_statements(parse_text(marked.group(0), path)):
+            if stmt.directive == "listen" and not stmt.is_comment and stmt.args:
+                moved.append(" ".join(a.value for a in stmt.args))
+        text = text[: marked.start()] + text[marked.end():]
+    targets = {resolve_path(prefix, https_include), resolve_path(prefix, acme_include)}
+    edits: list[_Edit] = []
+    for stmt in walk_statements(parse_text(text, path)):
+        if stmt.directive != "server" or stmt.children is None:
+            continue
+        ours = [c for c in stmt.children if c.directive == "include" and not c.is_comment and c.args
+                and resolve_path(prefix, c.args[0].value) in targets]
+        if not any(resolve_path(prefix, c.args[0].value) == resolve_path(prefix, https_include) for c in ours):
+            ours = [c for c in ours if resolve_path(prefix, c.args[0].value) == resolve_path(prefix, acme_include)]
+            edits += [_whole_lines(text, c) for c in ours]
+            continue
+        edits += [_whole_lines(text, c) for c in ours]
+        if hsts_include:
+            edits += [_whole_lines(text, c) for c in walk_statements(stmt.children)
+                      if c.directive == "include" and not c.is_comment and c.args and c.children is None
+                      and resolve_path(prefix, c.args[0].value) == resolve_path(prefix, hsts_include)]
+        remaining = list(moved)
+        for child in stmt.children:
+            if child.directive != "listen" or child.is_comment or not child.args:
+                continue
+            line_rest = text[child.end:_line_end(text, child.end)]
+            if "managed by certfab" in line_rest:
+                edits.append(_whole_lines(text, child))
+                continue
+            lst = make_listen([a.value for a in child.args], path, child.name.line)
+            back = next((m for m in remaining if lst.port == 443
+                         and replace(make_listen(m.split(), path, 0), port=443).address_key == lst.address_key), None)
+            if back is not None:
+                remaining.remove(back)
+                edits.append(_Edit(child.args[0].start, child.args[-1].end, back))
+        note = f"# moved to the certfab redirect block for {site}"
+        for match in re.finditer(rf"(?m)^([ \t]*)# (listen [^\n]*?;)[ \t]*{re.escape(note)}[ \t]*$", text):
+            edits.append(_Edit(match.start(), match.end(), match.group(1) + match.group(2)))
+    return _verify(_apply(text, edits), path) if edits else text
+
+
+def _whole_lines(text: str, st: Statement) -> _Edit:
+    """An edit removing `st` with its line when nothing but a comment shares it, else just `st`."""
+    if _alone_on_lines(text, st):
+        start = _line_start(text, st.name.start)
+        end = _line_end(text, st.end)
+        return _Edit(start, end + len(_newline(text, end)) if end < len(text) else end, "")
+    return _Edit(st.name.start, st.end, "")

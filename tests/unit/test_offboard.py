@@ -72,3 +72,11 @@ def test_uninstall_inlines_includes_and_removes_every_certfab_file() -> None:
     assert "ssl_certificate /etc/letsencrypt/live/example/fullchain.pem;" in text
     assert "Strict-Transport-Security" in text and "ssl_protocols TLSv1.2 TLSv1.3;" in text
     assert any("nothing renews" in w for w in plan.warnings)
+
+
+def test_a_site_converted_without_a_record_gets_certfabs_lines_taken_back() -> None:
+    start, after = bootstrapped()
+    owned = {p: t for p, t in after.owned_files.items() if p != origin_path("example")}
+    plan = plan_removal("web1", "example", replace(after, owned_files=owned), keep_certificate=False)
+    text = next(w.content for w in plan.writes if w.path == site_file(after).real_path)
+    assert text == site_file(start).text  # here even byte for byte: certfab's edits are that regular
