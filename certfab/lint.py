@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from certfab.facts import HostFacts
+from certfab.includes import denied
 from certfab.nginx.lexer import Statement, parse_text
 from certfab.nginx.model import glob_match, has_magic, resolve_path
 from certfab.paths import HSTS_INCLUDE
@@ -177,13 +178,38 @@ def _weak_ciphers(value: str) -> list[str]:
     return weak
 
 
-def lint_facts(facts: HostFacts, *, hsts_max_age: int = HSTS_FIX_AGE, include_subdomains: bool = True) -> list[Finding]:
-    """Every finding on one host, in file order."""
+def dhparam_paths(facts: HostFacts) -> list[str]:
+    """Every file an HTTPS server's ssl_dhparam names (absolute), for certfab.linting to read."""
+    nginx = facts.nginx
+    if nginx is None:
+        return []
+    config = _Config({p: f.text for p, f in nginx.files.items()}, nginx.conf_path, nginx.prefix)
+    found = [config.effective(server, "ssl_dhparam") for server in config.servers if server.https]
+    paths = [resolve_path(nginx.prefix, d.args[0]) for d in found if d is not None and d.args]
+    return sorted(set(p for p in paths if not denied(p)))
+
+
+def dhparam_bits(pem: str) -> int | None:
+    """The prime's size of a PEM DH PARAMETERS file, None when it is not one."""
+    from cryptography.hazmat.primitives.asymmetric import dh
+    from cryptography.hazmat.primitives.serialization import load_pem_parameters
+
+    try:
+        params = load_pem_parameters(pem.encode("ascii", errors="replace"))
+    except (ValueError, TypeError):
+        return None
+    return params.parameter_numbers().p.bit_length() if isinstance(params, dh.DHParameters) else None
+
+
+def lint_facts(facts: HostFacts, *, hsts_max_age: int = HSTS_FIX_AGE, include_subdomains: bool = True,
+               dhparams: Mapping[str, int | None] | None = None) -> list[Finding]:
+    """Every finding on one host, in file order; `dhparams`: bits of each dhparam file (None: unreadable)."""
     findings: list[Finding] = []
     nginx = facts.nginx
     if nginx is not None:
         config = _Config({p: f.text for p, f in nginx.files.items()}, nginx.conf_path, nginx.prefix)
-        findings += _lint_servers(config, nginx.version, hsts_value(hsts_max_age, include_subdomains))
+        findings += _lint_servers(config, nginx.version, hsts_value(hsts_max_age, include_subdomains),
+                                  dhparams or {})
     for job in facts.competing_renewal:
         findings.append(Finding("competing-renewal", "warning", job.split(" ", 1)[0], 0,
                                 f"another renewal job runs besides certfab's: {job}",
@@ -202,7 +228,19 @@ def hsts_value(max_age: int, include_subdomains: bool) -> str:
     return f"max-age={max_age}" + ("; includeSubDomains" if include_subdomains else "")
 
 
-def _lint_servers(config: _Config, version: tuple[int, ...], hsts: str) -> list[Finding]:
+def _weak_dhparam(config: _Config, server: _Server, dhparams: Mapping[str, int | None]) -> tuple[Directive, str] | None:
+    """The server's ssl_dhparam and why it is weak, or None when it is at least 2048 bits (or absent)."""
+    d = config.effective(server, "ssl_dhparam")
+    if d is None or not d.args:
+        return None
+    bits = dhparams.get(resolve_path(config.prefix, d.args[0]))
+    if bits is None:
+        return d, "names a file certfab could not read as DH parameters"
+    return (d, f"has {bits} bits") if bits < 2048 else None
+
+
+def _lint_servers(config: _Config, version: tuple[int, ...], hsts: str,
+                  dhparams: Mapping[str, int | None]) -> list[Finding]:
     out: list[Finding] = []
     defaults: dict[tuple[str, str], list[Directive]] = {}
     for server in config.servers:
@@ -243,12 +281,10 @@ def _lint_servers(config: _Config, version: tuple[int, ...], hsts: str) -> list[
                                f"ssl_ciphers allows suites without forward secrecy or AEAD "
                                f"({', '.join(_weak_ciphers(ciphers.args[0])[:4])})",
                                "Mozilla's intermediate list (ECDHE with AES-GCM or ChaCha20-Poly1305)", True))
-        dhparam = config.effective(server, "ssl_dhparam")
-        if dhparam is not None and not any(bits in (dhparam.args or [""])[0] for bits in ("2048", "3072", "4096",
-                                                                                           "6144", "8192")):
-            out.append(Finding("weak-dhparam", "error", dhparam.file, dhparam.line,
-                               "ssl_dhparam names a file of unknown or less than 2048 bits (certfab reads no "
-                               "parameter files: the size is taken from its name)",
+        weak_dh = _weak_dhparam(config, server, dhparams)
+        if weak_dh is not None:
+            dhparam, why = weak_dh
+            out.append(Finding("weak-dhparam", "error", dhparam.file, dhparam.line, f"ssl_dhparam {why}",
                                "remove ssl_dhparam (ECDHE needs none) or use an RFC 7919 group of 2048 bits or "
                                "more", True))
         age = _hsts_age(server.directives)
@@ -331,7 +367,8 @@ def _insert_first(text: str, block: Statement, line: str) -> tuple[int, int, str
     return (pos, pos, f"\n{indent}{line}\n{indent}")
 
 
-def fixes(facts: HostFacts, *, hsts_max_age: int = HSTS_FIX_AGE, include_subdomains: bool = True) -> dict[str, str]:
+def fixes(facts: HostFacts, *, hsts_max_age: int = HSTS_FIX_AGE, include_subdomains: bool = True,
+          dhparams: Mapping[str, int | None] | None = None) -> dict[str, str]:
     """New text of every nginx file a safe fix changes, by the path nginx names (real paths via facts)."""
     nginx = facts.nginx
     if nginx is None:
@@ -377,10 +414,9 @@ def fixes(facts: HostFacts, *, hsts_max_age: int = HSTS_FIX_AGE, include_subdoma
         ciphers = config.effective(server, "ssl_ciphers")
         if ciphers is not None and ciphers.args and _weak_ciphers(ciphers.args[0]):
             edit(ciphers.file, _set_args(ciphers.st, ":".join(INTERMEDIATE_CIPHERS)))
-        dhparam = config.effective(server, "ssl_dhparam")
-        if dhparam is not None and not any(b in (dhparam.args or [""])[0] for b in ("2048", "3072", "4096",
-                                                                                     "6144", "8192")):
-            edit(dhparam.file, _remove(texts[dhparam.file], dhparam.st))
+        weak_dh = _weak_dhparam(config, server, dhparams or {})
+        if weak_dh is not None:
+            edit(weak_dh[0].file, _remove(texts[weak_dh[0].file], weak_dh[0].st))
         age = _hsts_age(server.directives)
         if age is None and not any(d.name == "add_header" for d in server.directives):
             age = _hsts_age(config.http)

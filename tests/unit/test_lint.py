@@ -7,7 +7,11 @@ from dataclasses import replace
 
 from test_desired import facts_with
 
-from certfab.lint import exit_code, fixes, lint_facts
+from certfab.lint import dhparam_bits, dhparam_paths, exit_code, fixes, lint_facts
+from certfab.tls import ffdhe_pem
+
+FFDHE2048 = ffdhe_pem(2048)
+WEAK_DH = {"/etc/ssl/dhparam-1024.pem": 1024}
 
 MAIN = "/etc/nginx/nginx.conf"
 SITE = "/etc/nginx/sites-enabled/legacy"
@@ -48,7 +52,7 @@ def legacy_facts(version: tuple[int, ...] = (1, 22, 1)):  # type: ignore[no-unty
 
 
 def test_every_rule_reports_its_file_and_line() -> None:
-    found = {(f.rule, f.file, f.line) for f in lint_facts(legacy_facts((1, 25, 3)))}
+    found = {(f.rule, f.file, f.line) for f in lint_facts(legacy_facts((1, 25, 3)), dhparams=WEAK_DH)}
     assert found == {
         ("listen-http2", SITE, 2),
         ("ssl-on", SITE, 4),
@@ -63,6 +67,16 @@ def test_every_rule_reports_its_file_and_line() -> None:
         ("duplicate-default", SITE, 23),
     }
     assert exit_code(lint_facts(legacy_facts())) == 2
+    assert dhparam_paths(legacy_facts()) == ["/etc/ssl/dhparam-1024.pem"]
+
+
+def test_dh_parameters_are_judged_by_their_size() -> None:
+    assert dhparam_bits(FFDHE2048) == 2048
+    assert dhparam_bits("not a pem") is None
+    strong = {"/etc/ssl/dhparam-1024.pem": 2048}
+    assert "weak-dhparam" not in {f.rule for f in lint_facts(legacy_facts(), dhparams=strong)}
+    unread = {f.problem for f in lint_facts(legacy_facts(), dhparams={}) if f.rule == "weak-dhparam"}
+    assert unread == {"ssl_dhparam names a file certfab could not read as DH parameters"}
 
 
 def test_listen_http2_is_fine_before_1_25_1() -> None:
@@ -71,7 +85,7 @@ def test_listen_http2_is_fine_before_1_25_1() -> None:
 
 def test_fixes_leave_only_what_needs_a_person() -> None:
     before = legacy_facts((1, 25, 3))
-    changed = fixes(before)
+    changed = fixes(before, dhparams=WEAK_DH)
     assert set(changed) == {MAIN, SITE}
     assert "ssl on" not in changed[SITE] and "ssl_stapling" not in changed[SITE]
     assert "listen 443 ssl;" in changed[SITE] and "\thttp2 on;\n" in changed[SITE]
