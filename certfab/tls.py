@@ -375,10 +375,9 @@ def hsts_value(max_age: int, include_subdomains: bool, preload: bool) -> str | N
 
 def render_hsts_include(max_age: int, include_subdomains: bool, preload: bool) -> str:
     """Render /etc/nginx/certfab/hsts.conf: the HSTS header alone, for locations with headers of their own."""
-    value = hsts_value(max_age, include_subdomains, preload)
-    if value is None:
+    if hsts_value(max_age, include_subdomains, preload) is None:
         raise InventoryError("tls.hsts_max_age is 0: there is no HSTS header to include")
-    return render("hsts.conf.j2", value=value)
+    return render("hsts.conf.j2", max_age=max_age, include_subdomains=include_subdomains, preload=preload)
 
 
 def render_site_include(

@@ -215,7 +215,8 @@ def test_uninstall_leaves_no_certfab_file_and_the_site_on_https(
 ) -> None:
     assert "nothing renews" in web20_uninstalled.stderr, web20_uninstalled.stderr
     left = labhelpers.snapshot(lab, WEB20, CERTFAB_PATHS)
-    assert set(left.values()) == {"absent"}, left
+    listing = lab.host_exec(WEB20, "ls -laR /etc/certfab /var/lib/certfab 2>&1", check=False).stdout
+    assert set(left.values()) == {"absent"}, f"{left}\n{listing}\n{web20_uninstalled.stdout}"
     assert lab.host_exec(WEB20, "ls /etc/nginx/conf.d").stdout.count("certfab") == 0
     assert nginx_files_mentioning(lab, WEB20, "certfab/") == ""
     assert_nginx_test_clean(lab, WEB20)
