@@ -285,3 +285,19 @@ def test_a_removal_of_a_file_changed_since_it_was_read_writes_nothing(world: tup
     reply = apply(root, [FileWrite(path, "", None, text_sha256("as read\n"), remove=True)])
     assert reply.exited == EXIT_CHANGED
     assert host(root, path).read_bytes() == b"edited\n"
+
+
+def test_uninstall_cleanup_removes_the_state_and_certfabs_empty_directories(world: tuple[Path, Path]) -> None:
+    from certfab.transaction import lock_context
+
+    root, _ = world
+    for directory in ("etc/certfab", "etc/nginx/certfab", "var/lib/certfab/origin"):
+        (root / directory).mkdir(parents=True, exist_ok=True)
+    (root / "etc/certfab/acme-ca.pem").write_text("ca\n")
+    (root / "etc/nginx/sites-enabled").mkdir(parents=True)
+    reply = run_local("uninstall-cleanup.sh.j2", root=str(root), **lock_context(RUN),
+                      files=["/etc/certfab/acme-ca.pem"], empty_dirs=["/etc/nginx/certfab", "/etc/certfab"])
+    assert reply.ok and reply.has("done"), reply.stderr
+    for gone in ("etc/certfab", "etc/nginx/certfab", "var/lib/certfab"):
+        assert not (root / gone).exists(), gone
+    assert (root / "etc/nginx/sites-enabled").is_dir()
