@@ -172,7 +172,7 @@ def test_remove_site_gives_back_the_plain_site_and_revokes(lab: Lab, web19_heade
     from cryptography import x509
 
     cert = x509.load_pem_x509_certificate(lab.host_path(WEB19, "/etc/letsencrypt/live/web19/cert.pem").read_bytes())
-    assert pebble_cert_status(lab, cert.serial_number).get("Status") == "Valid"
+    assert pebble_cert_status(lab, cert.serial_number).get("Status") == "Valid", pebble_cert_status(lab, cert.serial_number)
     result = fab_ok(lab, "-H", WEB19, "remove-site", "web19", "--revoke", "--force")
     assert "revoked certificate web19" in result.stdout and "deleted certificate web19" in result.stdout
     assert "HSTS" in result.stderr, result.stderr
@@ -186,7 +186,7 @@ def test_remove_site_gives_back_the_plain_site_and_revokes(lab: Lab, web19_heade
     # the lineage is gone, and the CA says the certificate is revoked
     assert not lab.host_path(WEB19, "/etc/letsencrypt/live/web19").exists()
     assert not lab.host_path(WEB19, "/etc/letsencrypt/renewal/web19.conf").exists()
-    assert pebble_cert_status(lab, cert.serial_number).get("Status") == "Revoked"
+    assert pebble_cert_status(lab, cert.serial_number).get("Status") == "Revoked", pebble_cert_status(lab, cert.serial_number)
     # a second run finds nothing to do and changes nothing
     before = labhelpers.snapshot(lab, WEB19, ("/etc/nginx", "/etc/letsencrypt") + CERTFAB_PATHS)
     again = fab_ok(lab, "-H", WEB19, "remove-site", "web19", "--revoke", "--force")
