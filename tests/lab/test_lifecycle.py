@@ -194,6 +194,25 @@ def test_remove_site_gives_back_the_plain_site_and_revokes(lab: Lab, web19_heade
     assert labhelpers.snapshot(lab, WEB19, ("/etc/nginx", "/etc/letsencrypt") + CERTFAB_PATHS) == before
 
 
+def test_uninstall_restore_http_gives_back_every_site_and_leaves_nothing(
+    lab: Lab, web19_headers_site: HeadersSite
+) -> None:
+    fab_ok(lab, "-H", WEB19, "bootstrap")
+    assert lab.host_path(WEB19, "/etc/letsencrypt/live/web19/cert.pem").is_file()
+    result = fab_ok(lab, "-H", WEB19, "uninstall", "--restore-http")
+    assert "deleted certificate web19" in result.stdout, result.stdout
+    site_file = lab.host_path(WEB19, SITE_FILE.format(host=WEB19))
+    assert site_file.read_bytes() == web19_headers_site.site_text.encode()
+    assert http_pages(lab, WEB19, WEB19_DOMAINS) == web19_headers_site.pages_before
+    assert not lab.host_path(WEB19, "/etc/letsencrypt/live/web19").exists()
+    left = {p: v for p, v in labhelpers.snapshot(lab, WEB19, CERTFAB_PATHS).items() if v != "absent"}
+    assert left == {"/etc/certfab": "dir 755 0:0", "/var/lib/certfab": "dir 700 0:0"}, left
+    assert nginx_files_mentioning(lab, WEB19, "certfab/") == ""
+    assert_nginx_test_clean(lab, WEB19)
+    again = fab_ok(lab, "-H", WEB19, "uninstall", "--restore-http")
+    assert "no change" in again.stdout, again.stdout
+
+
 def assert_nginx_test_clean(lab: Lab, host: str) -> None:
     """`nginx -t` passes and prints only its two usual lines: no warning of any kind."""
     lines = lab.host_exec(host, "nginx -t 2>&1").stdout.strip().splitlines()
