@@ -224,6 +224,9 @@ def plan_uninstall(host: str, facts: HostFacts, *, restore_http: bool, keep_cert
     if not restore_http and facts.lineages:
         warnings.append(f"{host}: nothing renews the certificates any more ({', '.join(sorted(facts.lineages))}); "
                         "they expire unless another tool takes over")
+    if restore_http and domains:
+        warnings.append(f"{host}: browsers that saw {', '.join(domains)} remember its HSTS header for its max-age "
+                        "and keep asking for HTTPS until it expires")
     if not restore_http:
         # checked over HTTPS once the includes are inlined
         domains = [d for site in certfab_sites(facts) if site in facts.lineages for d in _site_domains(site, facts, ())]
