@@ -138,9 +138,11 @@ def test_locations_with_their_own_headers_get_hsts_and_keep_their_headers(
     text = lab.host_path(WEB19, SITE_FILE.format(host=WEB19)).read_text()
     # one include per location that sets headers, none in `location /`
     assert text.count("include /etc/nginx/certfab/hsts.conf;") == 4, text
-    # a second run changes nothing
+    # a second run changes nothing, and lint finds nothing to say about what certfab wrote
     again = fab_ok(lab, "-H", WEB19, "bootstrap")
     assert "no change" in again.stdout, again.stdout
+    linted = fab_ok(lab, "-H", WEB19, "lint")
+    assert f"{WEB19}: clean" in linted.stdout, linted.stdout
 
 
 def pebble_cert_status(lab: Lab, serial: int) -> dict[str, object]:
