@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
 
 from certfab.bootstrap import BootstrapResult
@@ -44,8 +45,6 @@ def _certbot_context(run: HostRun, lineages: tuple[str, ...], revoke_reason: str
 
 def _still_redirecting(run: HostRun, domains: tuple[str, ...]) -> list[str]:
     """Domains whose plain HTTP still redirects to HTTPS (nginx reloads asynchronously: a few retries)."""
-    import time
-
     deadline = time.monotonic() + 8
     while True:
         bad = []
@@ -60,8 +59,6 @@ def _still_redirecting(run: HostRun, domains: tuple[str, ...]) -> list[str]:
 
 def _not_served(run: HostRun, domains: tuple[str, ...]) -> list[str]:
     """Problems of domains that should still answer HTTPS with a valid chain (uninstall keeps them)."""
-    import time
-
     deadline = time.monotonic() + 8
     while True:
         bad = []
