@@ -12,7 +12,10 @@ from certfab.lab import layout, proc
 
 SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
-PACKAGES = "certbot,python3-cffi-backend,ca-certificates"
+# python3-certbot-dns-rfc2136: DNS-01 through the lab DNS (TSIG-signed dynamic updates).
+PACKAGES = "certbot,python3-certbot-dns-rfc2136,python3-cffi-backend,ca-certificates"
+# Next to the cached tar: the package list it was built with, so a changed list rebuilds it.
+_BUILT_WITH = layout.ROOTFS_TAR.with_name(layout.ROOTFS_TAR.name + ".packages")
 # Parts of the rootfs a certbot container never reads; dropping them makes each import faster.
 _PRUNED = (
     "var/cache/apt/archives",
@@ -67,6 +70,16 @@ def machine_mirror() -> str:
     return mirror_from_sources(files)
 
 
+def discard_stale_rootfs() -> None:
+    """Drop a cached rootfs tar built with another package list (hosts then import the new one)."""
+    try:
+        current = _BUILT_WITH.read_text().strip() == PACKAGES
+    except OSError:
+        current = False
+    if not current:
+        layout.ROOTFS_TAR.unlink(missing_ok=True)
+
+
 def ensure_rootfs_tar() -> Path:
     """Build the certbot rootfs tar unless it is cached; return its path."""
     if layout.ROOTFS_TAR.is_file():
@@ -86,8 +99,9 @@ def ensure_rootfs_tar() -> Path:
             ],
             timeout=1800,
         )
-        if not (rootfs / "usr/bin/certbot").exists():
-            raise LabError(f"debootstrap finished but {rootfs}/usr/bin/certbot is missing")
+        for needed in ("usr/bin/certbot", "usr/lib/python3/dist-packages/certbot_dns_rfc2136"):
+            if not (rootfs / needed).exists():
+                raise LabError(f"debootstrap finished but {rootfs}/{needed} is missing")
         for sub in _PRUNED:
             target = rootfs / sub
             if target.is_dir():
@@ -110,6 +124,7 @@ def ensure_rootfs_tar() -> Path:
             timeout=600,
         )
         partial.replace(layout.ROOTFS_TAR)
+        _BUILT_WITH.write_text(PACKAGES + "\n")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return layout.ROOTFS_TAR
