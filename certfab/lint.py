@@ -42,7 +42,8 @@ class Finding:
 
     @property
     def where(self) -> str:
-        return f"{self.file}:{self.line}"
+        """file:line, or the file (a timer, a cron file) when no line applies."""
+        return f"{self.file}:{self.line}" if self.line else self.file
 
     def to_json(self) -> dict[str, Any]:
         return {"rule": self.rule, "severity": self.severity, "file": self.file, "line": self.line,
