@@ -290,9 +290,10 @@ def up(hosts: int = 2, repo_dir: Path | str | None = None, *, progress: Progress
         started = time.monotonic()
         packages.ensure_packages(say)
         with ThreadPoolExecutor(max_workers=min(32, hosts + 4)) as pool:
-            if not layout.ROOTFS_TAR.is_file():
-                say(f"building the certbot image (debootstrap) into {layout.ROOTFS_TAR}")
-            rootfs: Future[Path] = pool.submit(image.ensure_rootfs_tar)
+            for tag, tar in layout.IMAGES:
+                if not tar.is_file():
+                    say(f"building the {tag} image (debootstrap) into {tar}")
+            rootfs: Future[tuple[Path, ...]] = pool.submit(image.ensure_images)
             _teardown(say)
             info = lab_info(hosts, repo)
             names = list(info.host_names)
@@ -329,7 +330,7 @@ def up(hosts: int = 2, repo_dir: Path | str | None = None, *, progress: Progress
             jobs += [pool.submit(_bring_up_host, name, client_key) for name in first]
             _first_error(jobs)
             say(f"{_names(first)} answer SSH and HTTP")
-            if not layout.ROOTFS_TAR.is_file():
+            if storage.image_identity() is None:
                 say("waiting for the certbot image build")
             rootfs.result()
             identity = storage.image_identity()

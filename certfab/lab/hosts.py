@@ -355,29 +355,29 @@ def exec_in(
 
 
 def ensure_image(name: str, progress: Callable[[str], None] | None = None) -> bool:
-    """Make the host's dockerd hold the current certbot image and no containers; True if it imported."""
+    """Make the host's dockerd hold every lab certbot image and no containers; True if it imported."""
     leftovers = exec_in(name, ["docker", "ps", "-aq"]).stdout.split()
     if leftovers:
         exec_in(name, ["docker", "rm", "-f", *leftovers])
     identity = storage.image_identity()
     if identity is None:
-        raise LabError(f"{layout.ROOTFS_TAR} is missing; run `inv lab.up` to build it")
-    inspect = ["docker", "image", "inspect", "--format", "{{.Id}}", layout.CERTBOT_IMAGE]
-    present = exec_in(name, inspect, check=False).returncode == 0
-    if present and storage.host_ready(name, identity):
-        return False
-    if present:
-        exec_in(name, ["docker", "rmi", "-f", layout.CERTBOT_IMAGE])
-    if progress is not None:
-        progress(f"{name}: importing {layout.CERTBOT_IMAGE} from {layout.ROOTFS_TAR}")
-    change = 'ENTRYPOINT ["certbot"]'
-    exec_in(
-        name,
-        ["docker", "import", "--change", change, str(layout.ROOTFS_TAR), layout.CERTBOT_IMAGE],
-        timeout=600,
-    )
+        raise LabError("a certbot rootfs tar is missing; run `inv lab.up` to build it")
+    ready = storage.host_ready(name, identity)
+    imported = False
+    for tag, tar in layout.IMAGES:
+        inspect = ["docker", "image", "inspect", "--format", "{{.Id}}", tag]
+        present = exec_in(name, inspect, check=False).returncode == 0
+        if present and ready:
+            continue
+        if present:
+            exec_in(name, ["docker", "rmi", "-f", tag])
+        if progress is not None:
+            progress(f"{name}: importing {tag} from {tar}")
+        change = 'ENTRYPOINT ["certbot"]'
+        exec_in(name, ["docker", "import", "--change", change, str(tar), tag], timeout=600)
+        imported = True
     storage.mark_imported(name, identity)
-    return True
+    return imported
 
 
 def host_path(name: str, path: str) -> Path:

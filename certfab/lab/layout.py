@@ -19,7 +19,12 @@ PEBBLE_LOG = STATE_DIR / "pebble.log"
 STATE_FILE = STATE_DIR / "state.json"
 LOCK_FILE = STATE_DIR / "lock"
 AUTHORIZED_KEYS = STATE_DIR / "authorized_keys"
+# Debian's certbot (2.1), for hosts pinned to an old certbot; the name predates the second image.
 ROOTFS_TAR = CACHE_DIR / "certbot-rootfs.tar"
+# The current certbot from PyPI; its wheels are kept so the image rebuilds offline.
+CURRENT_CERTBOT_VERSION = "5.8.0"
+CURRENT_ROOTFS_TAR = CACHE_DIR / f"certbot-{CURRENT_CERTBOT_VERSION}-rootfs.tar"
+CURRENT_WHEELS = CACHE_DIR / f"wheels-certbot-{CURRENT_CERTBOT_VERSION}"
 # Each host's /var/lib/docker: a cache kept across runs, so the certbot image is imported only once.
 DOCKER_CACHE = CACHE_DIR / "docker"
 
@@ -35,7 +40,13 @@ MANAGEMENT_PORT = 15000
 DNS_MANAGEMENT_PORT = 8055
 SMTP_PORT = 25
 ACME_DIRECTORY = f"https://{BRIDGE_ADDRESS}:{ACME_PORT}/dir"
-CERTBOT_IMAGE = "certbot/certbot:v2.1.0"
+CERTBOT_IMAGE = f"certbot/certbot:v{CURRENT_CERTBOT_VERSION}"
+LEGACY_CERTBOT_IMAGE = "certbot/certbot:v2.1.0"
+# Every image each host holds, with the rootfs tar it is imported from.
+IMAGES: tuple[tuple[str, Path], ...] = (
+    (CERTBOT_IMAGE, CURRENT_ROOTFS_TAR),
+    (LEGACY_CERTBOT_IMAGE, ROOTFS_TAR),
+)
 CERTIFICATE_VALIDITY_SECONDS = 90 * 24 * 3600
 
 # Lab files written into <repo>/lab/

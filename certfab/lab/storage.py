@@ -12,12 +12,15 @@ SEED = layout.DOCKER_CACHE / "seed"
 
 
 def image_identity() -> str | None:
-    """Identity (size, mtime) of the cached rootfs tar, None while it is not built."""
-    try:
-        st = layout.ROOTFS_TAR.stat()
-    except FileNotFoundError:
-        return None
-    return f"{st.st_size} {st.st_mtime_ns}\n"
+    """Identity (tag, size, mtime) of every cached rootfs tar, None while one is not built."""
+    lines = []
+    for tag, tar in layout.IMAGES:
+        try:
+            st = tar.stat()
+        except FileNotFoundError:
+            return None
+        lines.append(f"{tag} {st.st_size} {st.st_mtime_ns}\n")
+    return "".join(lines)
 
 
 def _marker(storage: Path) -> Path:

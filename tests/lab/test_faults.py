@@ -50,7 +50,7 @@ FAULT_DIR = "/root/.certfab-faults"  # /root is a private tree of each host, vis
 BROKEN_CONF = "/etc/nginx/conf.d/zz-certfab-faults-broken.conf"
 WATCHED_TREES = ("/etc/nginx", "/etc/certfab", "/usr/local/sbin", "/etc/cron.d")
 HIDDEN_IMAGE = "certfab-faults/hidden:1"
-IMAGE = "certbot/certbot:v2.1.0"
+IMAGE = layout.CERTBOT_IMAGE
 
 # Every CLI output of this module, checked at the end for private key material.
 OUTPUTS: list[str] = []
