@@ -12,6 +12,7 @@ from certfab.gather import read_host
 from certfab.stamp import Unchanged, input_key
 
 if TYPE_CHECKING:
+    from certfab.acmedir import AcmeDirectory
     from certfab.fleet import HostSession
     from certfab.plan import Plan
 
@@ -62,8 +63,11 @@ def read_acme_ca(path: Path | None) -> str | None:
 
 
 def bootstrap_host(session: HostSession, *, check: bool, acme_ca_pem: str | None,
-                   now: datetime | None = None) -> BootstrapResult:
-    """Plan one connected host and, unless check=True, carry the plan out."""
+                   now: datetime | None = None, directory: AcmeDirectory | None = None) -> BootstrapResult:
+    """Plan one connected host and, unless check=True, carry the plan out.
+
+    directory is the ACME server's directory, read once per run when a site asks for a profile.
+    """
     now = now or datetime.now(timezone.utc)
     result = BootstrapResult(session.host.name)
     host = session.host
@@ -88,7 +92,8 @@ def bootstrap_host(session: HostSession, *, check: bool, acme_ca_pem: str | None
         facts = seen.facts
         if facts.journal.strip() and not check:
             facts = run.recover(facts)
-        plan = make_plan(host, session.inventory, facts, now=run.now, acme_ca_pem=acme_ca_pem)
+        plan = make_plan(host, session.inventory, facts, now=run.now, acme_ca_pem=acme_ca_pem,
+                         directory=directory)
         result.plan = plan
         result.warnings += [w for w in plan.warnings if w not in result.warnings]
         if check:

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 
 from certfab.bootstrap import BootstrapResult
 from certfab.certs import parse_pem
-from certfab.desired import changed_writes, current_files, desired_state
+from certfab.desired import changed_writes, current_files, desired_state, renewal_conf_write
 from certfab.errors import ApplyError, ConnectError
 from certfab.facts import HostFacts
 from certfab.fleet import HostSession
@@ -242,6 +242,12 @@ def execute(run: HostRun, plan: Plan, observed: Observed | None, key: str | None
         desired_b = desired_state(host, session.inventory, facts_a, https_sites=https_now,
                                   acme_ca_pem=run.acme_ca_pem)
         writes_b = expect_as_read(changed_writes(desired_b, facts_a), current_files(facts_a))
+    # certbot has just written the new lineages' renewal configuration: give each its renewal margin.
+    for name, pem in sorted(issued.issued.items()):
+        conf = renewal_conf_write(name, pem, issued.renewal_confs.get(name, ""))
+        if conf is not None:
+            writes_b.append(conf)
+            before[conf.path] = issued.renewal_confs[name]
     if writes_b:
         try:
             run.switch(writes_b, sorted(https_now), expected_fingerprints(facts_a, issued.issued),

@@ -90,11 +90,16 @@ def _bootstrap_fleet(c: Context, hosts: tuple[Host, ...], inv: Inventory, *, che
     if canary < 0:
         raise OptionError(f"--canary: {canary} is not a number of hosts")
     acme_ca = read_acme_ca(inv.acme.ca_bundle)
+    directory = None
+    if any(site.profile is not None for host in hosts for site in host.sites):
+        from certfab.acmefetch import fetch_directory
+
+        directory = fetch_directory(inv.acme.server, inv.acme.ca_bundle)
     config = fabric_config(c)
     stop = Stop()
 
     def pipeline(session: HostSession) -> BootstrapResult:
-        return bootstrap_host(session, check=check, acme_ca_pem=acme_ca)
+        return bootstrap_host(session, check=check, acme_ca_pem=acme_ca, directory=directory)
 
     # Ctrl-C starts no new host; running ones finish (commit or roll back) and the recap says so.
     with ctrl_c_stops(stop), LiveProgress([h.name for h in hosts], title) as progress:

@@ -275,8 +275,12 @@ def _seed_and_bring_up(name: str, authorized_key: str, identity: str) -> None:
     hostops.ensure_image(name)
 
 
-def up(hosts: int = 2, repo_dir: Path | str | None = None, *, progress: Progress | None = None) -> LabInfo:
-    """Bring up a lab of `hosts` hosts (reusing a healthy one of that size); return its info."""
+def up(hosts: int = 2, repo_dir: Path | str | None = None, *, progress: Progress | None = None,
+       cert_lifetime: int = layout.CERTIFICATE_VALIDITY_SECONDS) -> LabInfo:
+    """Bring up a lab of `hosts` hosts (reusing a healthy one of that size); return its info.
+
+    cert_lifetime is the validity (seconds) of the certificates Pebble issues.
+    """
     say: Progress = progress or (lambda _message: None)
     _require_root()
     if not 1 <= hosts <= layout.MAX_HOSTS:
@@ -286,6 +290,9 @@ def up(hosts: int = 2, repo_dir: Path | str | None = None, *, progress: Progress
         current = running(repo)
         if current is not None and len(current.hosts) == hosts:
             say(f"lab already up with {hosts} hosts")
+            if pebble.configured_lifetime() != cert_lifetime:
+                say(f"restarting Pebble with {cert_lifetime} s certificates")
+                _restart_pebble(cert_lifetime, current)
             return current
         started = time.monotonic()
         packages.ensure_packages(say)
@@ -306,7 +313,7 @@ def up(hosts: int = 2, repo_dir: Path | str | None = None, *, progress: Progress
             layout.AUTHORIZED_KEYS.write_text(client_key + "\n")
             host_keys = {layout.host_address(layout.host_index(n)): hostops.ensure_host_key(n) for n in names}
             pebble.ensure_tls()
-            pebble.write_config()
+            pebble.write_config(cert_lifetime)
             say(
                 f"network: bridge {layout.BRIDGE} {layout.BRIDGE_ADDRESS}/{layout.PREFIX_LEN}, {len(names)} hosts"
             )
@@ -452,6 +459,21 @@ def stop_pebble() -> None:
     pebble.stop_pebble()
 
 
+def _restart_pebble(lifetime_seconds: int, info: LabInfo | None) -> None:
+    """Pebble again with another certificate lifetime (accounts, orders and its root are new)."""
+    pebble.stop_pebble()
+    pebble.write_config(lifetime_seconds)
+    pebble.start_pebble()
+    if info is not None:
+        files.write_pebble_root(info.lab_dir, pebble.fetch_root())
+
+
+def set_cert_lifetime(lifetime_seconds: int) -> None:
+    """Restart Pebble so it issues certificates valid for that many seconds (a no-op when it already does)."""
+    if pebble.configured_lifetime() != lifetime_seconds or proc.live_pid(layout.pid_file("pebble")) is None:
+        _restart_pebble(lifetime_seconds, _state_info())
+
+
 def start_pebble() -> None:
     """Start Pebble again and write its new issuing root to <repo>/lab/pebble-root.pem."""
     if proc.live_pid(layout.pid_file("pebble")) is None:
@@ -520,6 +542,10 @@ class Lab:
     def start_pebble(self) -> None:
         """Start Pebble and rewrite lab/pebble-root.pem."""
         start_pebble()
+
+    def set_cert_lifetime(self, lifetime_seconds: int) -> None:
+        """Restart Pebble with another certificate lifetime."""
+        set_cert_lifetime(lifetime_seconds)
 
     def mails(self) -> list[EmailMessage]:
         """Messages received by the lab SMTP server."""

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
 
 import pytest
+from conftest import certfab_cli
+from cryptography import x509
+from labhelpers import inventory_copy, snapshot, tree_changes
 
 from certfab.lab import Lab, layout
 
@@ -36,3 +47,145 @@ def test_the_current_image_has_the_rfc2136_dns_plugin(lab: Lab, module_hosts: tu
 @pytest.mark.parametrize("image", [layout.LEGACY_CERTBOT_IMAGE])
 def test_debian_certbot_stays_as_a_second_image(lab: Lab, module_hosts: tuple[str, ...], image: str) -> None:
     assert certbot_version(lab, image)[:2] == (2, 1)
+
+
+# --- 160-hour certificates: kept by bootstrap, not renewed by the renewal script, judged ok -----------
+
+SHORT_LIFETIME = 160 * 3600
+# web22 runs the lab's current certbot, web23 Debian's 2.1 (whose own rule renews at a fixed 30 days left).
+SHORT_HOSTS = {"web22": layout.CERTBOT_IMAGE, "web23": layout.LEGACY_CERTBOT_IMAGE}
+SCRIPT = "/usr/local/sbin/certfab-renew"
+
+
+def pinned_images(data: dict[str, Any]) -> None:
+    """Each short-lifetime host on its own certbot image."""
+    for host, image in SHORT_HOSTS.items():
+        data["hosts"][host]["certbot"] = {"image": image}
+
+
+def host_mails(lab: Lab, host: str) -> list[EmailMessage]:
+    """Mail a host sent (the lab's SMTP server is shared)."""
+    address = lab.info.host(host).address
+    return [m for m in lab.mails() if f"'{address}'" in str(m.get("X-Peer", ""))
+            or str(m.get("Subject", "")).startswith(f"[certfab] {host}:")]
+
+
+def disk_serial(lab: Lab, host: str) -> int:
+    """Serial of the host's lineage certificate on disk."""
+    pem = lab.host_path(host, f"/etc/letsencrypt/live/{host}/cert.pem").read_bytes()
+    return x509.load_pem_x509_certificate(pem).serial_number
+
+
+@pytest.fixture(scope="module")
+def short_lived(lab: Lab, module_hosts: tuple[str, ...], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Pebble issuing 160-hour certificates; web22 and web23 bootstrapped under it. Yields the inventory."""
+    lab.set_cert_lifetime(SHORT_LIFETIME)
+    try:
+        inventory = inventory_copy(lab, tmp_path_factory.mktemp("short"), pinned_images)
+        result = certfab_cli(lab, "fab", "-H", ",".join(SHORT_HOSTS), "bootstrap", inventory=inventory)
+        assert result.returncode == 0, result.stdout + result.stderr
+        yield inventory
+    finally:
+        lab.set_cert_lifetime(layout.CERTIFICATE_VALIDITY_SECONDS)
+
+
+@pytest.mark.parametrize("host", list(SHORT_HOSTS))
+def test_a_160_hour_certificate_is_not_renewed_by_the_renewal_script(lab: Lab, short_lived: Path, host: str) -> None:
+    pem = lab.host_path(host, f"/etc/letsencrypt/live/{host}/cert.pem").read_bytes()
+    cert = x509.load_pem_x509_certificate(pem)
+    assert cert.not_valid_after_utc - cert.not_valid_before_utc <= timedelta(hours=160)
+    conf = lab.host_path(host, f"/etc/letsencrypt/renewal/{host}.conf").read_text()
+    assert re.search(r"^renew_before_expiry = 7[89] hours$", conf, re.MULTILINE), conf
+    serial, issued, mails = disk_serial(lab, host), lab.pebble_issued_count(), len(host_mails(lab, host))
+    for _ in range(2):
+        run = lab.host_exec(host, f"{SCRIPT} >/dev/null", check=False, timeout=300)
+        assert run.returncode == 0, run.stderr
+        status = json.loads(lab.host_path(host, "/var/lib/certfab/status.json").read_text())
+        assert status["result"] == "nothing-due" and status["renewed"] == [], status
+    assert disk_serial(lab, host) == serial
+    assert lab.pebble_issued_count() == issued
+    time.sleep(1)  # mail goes out synchronously; a second is plenty for a stray one to arrive
+    assert len(host_mails(lab, host)) == mails
+
+
+def test_bootstrap_again_keeps_the_160_hour_certificates(lab: Lab, short_lived: Path) -> None:
+    issued = lab.pebble_issued_count()
+    result = certfab_cli(lab, "fab", "-H", ",".join(SHORT_HOSTS), "bootstrap", inventory=short_lived)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert lab.pebble_issued_count() == issued
+
+
+def test_report_expiry_judges_160_hour_certificates_ok(lab: Lab, short_lived: Path) -> None:
+    result = certfab_cli(lab, "fab", "report-expiry", "--limit", ",".join(SHORT_HOSTS), "--json",
+                         inventory=short_lived)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = json.loads(result.stdout)["rows"]
+    assert {(row["host"], row["status"]) for row in rows} == {(host, "ok") for host in SHORT_HOSTS}, rows
+
+
+# --- ACME profiles against Pebble 2.4, which advertises none ------------------------------------------
+
+PROFILE_HOST = "web21"
+TREES = ("/etc/nginx", "/etc/letsencrypt", "/etc/certfab", "/etc/cron.d", "/usr/local/sbin", "/var/lib/certfab")
+
+
+def with_profile(profile: str, required: bool, image: str | None = None) -> Callable[[dict[str, Any]], None]:
+    """An inventory edit: web21's site asks for an ACME profile (on another certbot image if given)."""
+
+    def edit(data: dict[str, Any]) -> None:
+        data["hosts"][PROFILE_HOST]["sites"][0]["acme"] = {"profile": profile, "profile_required": required}
+        if image is not None:
+            data["hosts"][PROFILE_HOST]["certbot"] = {"image": image}
+
+    return edit
+
+
+def bootstrap_row(lab: Lab, inventory: Path) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """`fab -H web21 bootstrap --json`, and its one recap row."""
+    result = certfab_cli(lab, "fab", "-H", PROFILE_HOST, "bootstrap", "--json", inventory=inventory)
+    rows = json.loads(result.stdout)
+    assert isinstance(rows, list) and len(rows) == 1, result.stdout + result.stderr
+    return result, rows[0]
+
+
+@pytest.mark.parametrize(
+    ("image", "expected"),
+    [
+        (None, f"{PROFILE_HOST}: site {PROFILE_HOST}: acme.profile shortlived is required, but the ACME server "
+               f"{layout.ACME_DIRECTORY} cannot give it: it offers no profile shortlived (offered: none); "
+               "nothing was changed"),
+        (layout.LEGACY_CERTBOT_IMAGE, f"{PROFILE_HOST}: site {PROFILE_HOST}: acme.profile shortlived needs certbot "
+                                      f">= 4.0, but {layout.LEGACY_CERTBOT_IMAGE} is certbot 2.1"),
+    ],
+)
+def test_a_profile_the_ca_or_certbot_cannot_give_is_one_line_and_changes_nothing(
+    lab: Lab, module_hosts: tuple[str, ...], tmp_path: Path, image: str | None, expected: str
+) -> None:
+    inventory = inventory_copy(lab, tmp_path, with_profile("shortlived", True, image))
+    before, issued = snapshot(lab, PROFILE_HOST, TREES), lab.pebble_issued_count()
+    result, row = bootstrap_row(lab, inventory)
+    assert result.returncode != 0
+    assert row["status"] == "failed" and row["error"] == expected, row
+    assert tree_changes(before, snapshot(lab, PROFILE_HOST, TREES)) == {}
+    assert lab.pebble_issued_count() == issued
+
+
+def test_a_preferred_profile_the_ca_lacks_falls_back_and_says_so(
+    lab: Lab, module_hosts: tuple[str, ...], tmp_path: Path
+) -> None:
+    inventory = inventory_copy(lab, tmp_path, with_profile("tlsserver", False))
+    issued = lab.pebble_issued_count()
+    result, row = bootstrap_row(lab, inventory)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert row["status"] == "changed", row
+    warning = (f"{PROFILE_HOST}: site {PROFILE_HOST}: preferred ACME profile tlsserver not offered by "
+               f"{layout.ACME_DIRECTORY}: it offers no profile tlsserver (offered: none); certbot falls back to "
+               "the server's default profile")
+    assert warning in row["warnings"], row
+    assert lab.pebble_issued_count() == issued + 1
+    conf = lab.host_path(PROFILE_HOST, f"/etc/letsencrypt/renewal/{PROFILE_HOST}.conf").read_text()
+    assert re.search(r"^preferred_profile = tlsserver$", conf, re.MULTILINE), conf
+    # The lineage now records the profile it asked for: the next run orders nothing.
+    result, row = bootstrap_row(lab, inventory)
+    assert result.returncode == 0 and row["status"] == "ok", row
+    assert lab.pebble_issued_count() == issued + 1
