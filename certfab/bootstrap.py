@@ -14,6 +14,7 @@ from certfab.stamp import Unchanged, input_key
 if TYPE_CHECKING:
     from certfab.acmedir import AcmeDirectory
     from certfab.fleet import HostSession
+    from certfab.history import RateGuard
     from certfab.plan import Plan
 
 CertOutcome = Literal["kept", "issued", "keep", "order"]
@@ -31,6 +32,8 @@ class BootstrapResult:
     applied: list[str] = field(default_factory=list)
     certificates: dict[str, CertOutcome] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    # Orders the rate-limit guard refused, one line each (the run exits 1).
+    refused: list[str] = field(default_factory=list)
 
     @property
     def changes(self) -> list[str]:
@@ -63,10 +66,12 @@ def read_acme_ca(path: Path | None) -> str | None:
 
 
 def bootstrap_host(session: HostSession, *, check: bool, acme_ca_pem: str | None,
-                   now: datetime | None = None, directory: AcmeDirectory | None = None) -> BootstrapResult:
+                   now: datetime | None = None, directory: AcmeDirectory | None = None,
+                   guard: RateGuard | None = None) -> BootstrapResult:
     """Plan one connected host and, unless check=True, carry the plan out.
 
-    directory is the ACME server's directory, read once per run when a site asks for a profile.
+    directory is the ACME server's directory, read once per run when a site asks for a profile; guard
+    admits orders under the fleet's rate limits (shared by every host of the run).
     """
     now = now or datetime.now(timezone.utc)
     result = BootstrapResult(session.host.name)
@@ -87,7 +92,7 @@ def bootstrap_host(session: HostSession, *, check: bool, acme_ca_pem: str | None
     from certfab.executor import HostRun, execute
     from certfab.plan import make_plan
 
-    run = HostRun(session, acme_ca_pem=acme_ca_pem, now=now, result=result)
+    run = HostRun(session, acme_ca_pem=acme_ca_pem, now=now, result=result, guard=guard)
     try:
         facts = seen.facts
         if facts.journal.strip() and not check:

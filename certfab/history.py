@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from certfab.errors import CertfabError
-from certfab.ratelimit import Event, Limits, Order, name_set, refusal
+from certfab.ratelimit import Event, Limits, Order, name_set, refusal, registered_domains
 
 FILE_NAME = "history.sqlite"
 _SCHEMA = """
@@ -132,3 +132,28 @@ class RateGuard:
             for name in failed_names:
                 self.history.record(Event(now, "failed-validation", order.host, order.site, name_set([name]),
                                           order.renewal, detail))
+
+
+def event_row(event: Event) -> dict[str, object]:
+    """An event as JSON-ready data (registered domains included: what the limits count by)."""
+    return {
+        "time": f"{event.time:%Y-%m-%dT%H:%M:%SZ}",
+        "kind": event.kind,
+        "host": event.host,
+        "site": event.site,
+        "names": list(event.names),
+        "registered_domains": list(registered_domains(event.names)),
+        "renewal": event.renewal,
+        "detail": event.detail,
+    }
+
+
+def history_lines(events: Sequence[Event]) -> list[str]:
+    """One line per event, oldest first, for people."""
+    lines = []
+    for event in events:
+        renewal = " (renewal)" if event.renewal and event.kind in ("order", "issued") else ""
+        detail = f": {event.detail}" if event.detail else ""
+        lines.append(f"{event.time:%Y-%m-%d %H:%M:%S} {event.kind:<17} {event.host} {event.site} "
+                     f"{','.join(event.names)}{renewal}{detail}")
+    return lines

@@ -23,6 +23,7 @@ import yaml
 
 from certfab import validate
 from certfab.errors import InventoryError
+from certfab.ratelimit import Limits
 from certfab.tlsdefaults import DHPARAM_BITS, HSTS_PRELOAD_MIN_AGE, PROFILES
 
 __all__ = [
@@ -144,6 +145,7 @@ class AcmeSettings:
     key_type: str
     profile: str | None = None
     profile_required: bool = False
+    rate_limits: Limits = field(default_factory=Limits)
 
 
 @dataclass(frozen=True)
@@ -400,7 +402,9 @@ def _optional_file(r: _Reader, path: FieldPath, value: object) -> Path | None:
 
 _TOP_KEYS = ("version", "ssh", "acme", "defaults", "groups", "hosts")
 _SSH_KEYS = ("known_hosts", "connect_timeout", "command_timeout", "config_file")
-_ACME_KEYS = ("email", "server", "ca_bundle", "trust_roots", "key_type", "profile", "profile_required")
+_ACME_KEYS = ("email", "server", "ca_bundle", "trust_roots", "key_type", "profile", "profile_required",
+              "rate_limits")
+_RATE_LIMIT_KEYS = ("per_registered_domain", "per_name_set")
 _SETTING_KEYS = (
     "user", "port", "key_file", "forward_agent", "jump", "sudo", "webroot", "certbot", "renewal", "tls", "acme",
 )
@@ -594,6 +598,19 @@ def _acme(r: _Reader, top: Mapping[str, object]) -> AcmeSettings:
         key_type=_choice(r, ("acme", "key_type"), body.get("key_type", "ecdsa"), KEY_TYPES),
         profile=_acme_profile(r, ("acme", "profile"), body.get("profile")),
         profile_required=_bool(r, ("acme", "profile_required"), body.get("profile_required", False)),
+        rate_limits=_rate_limits(r, body.get("rate_limits")),
+    )
+
+
+def _rate_limits(r: _Reader, value: object) -> Limits:
+    """Validate acme.rate_limits: certificates per 7 days (Let's Encrypt's 50 and 5 unless set)."""
+    path: FieldPath = ("acme", "rate_limits")
+    body = _mapping(r, path, value, _RATE_LIMIT_KEYS)
+    defaults = Limits()
+    return Limits(
+        per_registered_domain=_int(r, path + ("per_registered_domain",),
+                                   body.get("per_registered_domain", defaults.per_registered_domain), 1, 10**6),
+        per_name_set=_int(r, path + ("per_name_set",), body.get("per_name_set", defaults.per_name_set), 1, 10**6),
     )
 
 

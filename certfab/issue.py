@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from certfab.inventory import Host, Inventory, Site
 from certfab.paths import ACME_CA, LETSENCRYPT_LIVE, renewal_conf
@@ -97,13 +97,27 @@ class IssueResult:
     selftest_failures: list[str]
     certbot_failures: list[str]
     image_missing: str | None
+    # Per site: the names the CA failed to validate (certbot's Domain lines), for the back-off.
+    failed_validations: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
-_PROBLEM = re.compile(r"^ *(Domain|Type|Detail): *(.*)$")
+# certbot before 5 says Domain:, later versions Identifier: (names and IP addresses alike).
+_PROBLEM = re.compile(r"^ *(Domain|Identifier|Type|Detail): *(.*)$")
+_NAMED = ("Domain", "Identifier")
 
 
 def _printable(text: str) -> str:
     return "".join(c if c.isprintable() else " " for c in text)
+
+
+def failed_domains(output: str) -> tuple[str, ...]:
+    """The names certbot says the CA could not validate (its `Domain:` lines)."""
+    found = []
+    for line in output.splitlines():
+        match = _PROBLEM.match(_printable(line))
+        if match is not None and match.group(1) in _NAMED and match.group(2).strip():
+            found.append(match.group(2).strip().lower())
+    return tuple(dict.fromkeys(found))
 
 
 def certbot_failure(site: str, output: str) -> str:
@@ -115,9 +129,9 @@ def certbot_failure(site: str, output: str) -> str:
         if match is None:
             continue
         key, value = match.groups()
-        if key == "Domain" or not problems:
+        if key in _NAMED or not problems:
             problems.append({})
-        problems[-1][key] = value.strip()
+        problems[-1]["Domain" if key in _NAMED else key] = value.strip()
     if problems:
         parts = []
         for problem in problems:
@@ -138,6 +152,8 @@ def parse_issue_reply(reply: Reply) -> IssueResult:
         for frame in reply.all("selftest-failed")
     ]
     certbot = [certbot_failure(frame.arg, frame.text) for frame in reply.all("certbot-failed")]
+    failed = {frame.arg: failed_domains(frame.text) for frame in reply.all("certbot-failed")}
     image = reply.get("image-missing")
     return IssueResult(issued, confs, selftest, certbot,
-                       " ".join(_printable(image.text).split()) if image is not None else None)
+                       " ".join(_printable(image.text).split()) if image is not None else None,
+                       {site: names for site, names in failed.items() if names})

@@ -36,17 +36,17 @@ def _holds(storage: Path, identity: str | None) -> bool:
 
 def host_ready(name: str, identity: str | None) -> bool:
     """Whether a host's storage already holds the current image."""
-    return _holds(layout.docker_storage(name), identity)
+    return _holds(layout.image_storage(name), identity)
 
 
 def mark_imported(name: str, identity: str) -> None:
     """Record that a host's storage now holds the image of the current tar."""
-    _marker(layout.docker_storage(name)).write_text(identity)
+    _marker(layout.image_storage(name)).write_text(identity)
 
 
 def wipe(name: str) -> None:
-    """Empty a host's docker storage (stale image or none): dockerd starts from scratch."""
-    storage = layout.docker_storage(name)
+    """Empty a host's image storage (stale image or none): its runtime starts from scratch."""
+    storage = layout.image_storage(name)
     _marker(storage).unlink(missing_ok=True)
     if storage.exists():
         shutil.rmtree(storage)

@@ -189,3 +189,109 @@ def test_a_preferred_profile_the_ca_lacks_falls_back_and_says_so(
     result, row = bootstrap_row(lab, inventory)
     assert result.returncode == 0 and row["status"] == "ok", row
     assert lab.pebble_issued_count() == issued + 1
+
+
+# --- the fleet's rate-limit guard -----------------------------------------------------------------------
+
+LIMITED_HOST = "web22"
+SITES_ONE_DOMAIN = (("one", "web22.test"), ("two", "www.web22.test"), ("three", "shop.web22.test"))
+
+
+def managed_sites(host: str, sites: tuple[tuple[str, str], ...], limit: int | None = None) -> Callable[[dict[str, Any]], None]:
+    """An inventory edit: the host serves these one-name managed sites (and the rate limit, if given)."""
+
+    def edit(data: dict[str, Any]) -> None:
+        data["hosts"][host]["sites"] = [{"name": name, "domains": [domain], "root": f"/var/www/{host}"}
+                                        for name, domain in sites]
+        if limit is not None:
+            data["acme"]["rate_limits"] = {"per_registered_domain": limit}
+
+    return edit
+
+
+def plain_host(lab: Lab, host: str) -> None:
+    """A pristine host without its lab site, so certfab writes a server block per managed site."""
+    lab.reset_host(host)
+    lab.host_exec(host, f"rm /etc/nginx/sites-enabled/{host} && nginx -s reload")
+
+
+def own_state(tmp_path: Path) -> dict[str, str]:
+    """An operator state directory (the order history) of this test alone."""
+    return {"CERTFAB_STATE_DIR": str(tmp_path / "state")}
+
+
+def refusals(stderr: str) -> list[str]:
+    """The rate-limit guard's lines on stderr."""
+    return [line for line in stderr.splitlines() if ": refused: " in line]
+
+
+def test_the_rate_limit_guard_orders_what_fits_and_refuses_the_rest(
+    lab: Lab, module_hosts: tuple[str, ...], tmp_path: Path
+) -> None:
+    plain_host(lab, LIMITED_HOST)
+    inventory = inventory_copy(lab, tmp_path, managed_sites(LIMITED_HOST, SITES_ONE_DOMAIN, limit=2))
+    env = own_state(tmp_path)
+    issued = lab.pebble_issued_count()
+    result = certfab_cli(lab, "fab", "-H", LIMITED_HOST, "bootstrap", inventory=inventory, env=env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    [line] = refusals(result.stderr)
+    assert re.fullmatch(r"web22: site three: refused: registered domain web22\.test has 2 new certificates in the "
+                        r"last 7 days \(limit 2\); the window frees up at \d{4}-\d\d-\d\d \d\d:\d\d UTC", line), line
+    assert lab.pebble_issued_count() == issued + 2
+    live = lab.host_path(LIMITED_HOST, "/etc/letsencrypt/live")
+    assert sorted(p.name for p in live.iterdir() if p.is_dir()) == ["one", "two"]
+
+    listed = certfab_cli(lab, "fab", "history", "--json", inventory=inventory, env=env)
+    assert listed.returncode == 0, listed.stderr
+    doc = json.loads(listed.stdout)
+    assert doc["path"] == str(tmp_path / "state" / "history.sqlite")
+    events = [(e["kind"], e["site"], e["registered_domains"]) for e in doc["events"]]
+    assert sorted(events) == sorted([
+        ("refused", "three", ["web22.test"]), ("order", "one", ["web22.test"]), ("order", "two", ["web22.test"]),
+        ("issued", "one", ["web22.test"]), ("issued", "two", ["web22.test"]),
+    ]), events
+
+    again = certfab_cli(lab, "fab", "-H", LIMITED_HOST, "bootstrap", inventory=inventory, env=env)
+    assert again.returncode == 1, again.stdout + again.stderr
+    assert [line.split("; the window")[0] for line in refusals(again.stderr)] == [line.split("; the window")[0]]
+    assert lab.pebble_issued_count() == issued + 2
+
+
+ELSEWHERE_HOST = "web23"
+# Its DNS name points at web21; only web23's own /etc/hosts says otherwise, so certfab's self-test passes
+# and the CA's validation fails.
+ELSEWHERE = "www.web21.test"
+
+
+def validation_attempts(lab: Lab) -> int:
+    """How often Pebble has tried to validate the name that resolves elsewhere."""
+    return len(re.findall(rf"http://{re.escape(ELSEWHERE)}(?::80)?/\.well-known/acme-challenge/", lab.pebble_log()))
+
+
+def test_a_failed_validation_is_not_retried_within_the_backoff_unless_forced(
+    lab: Lab, module_hosts: tuple[str, ...], tmp_path: Path
+) -> None:
+    plain_host(lab, ELSEWHERE_HOST)
+    address = lab.info.host(ELSEWHERE_HOST).address
+    lab.host_exec(ELSEWHERE_HOST, f"printf '%s\\t%s\\n' {address} {ELSEWHERE} >> /etc/hosts")
+    inventory = inventory_copy(lab, tmp_path, managed_sites(ELSEWHERE_HOST, (("elsewhere", ELSEWHERE),)))
+    env = own_state(tmp_path)
+
+    first = certfab_cli(lab, "fab", "-H", ELSEWHERE_HOST, "bootstrap", inventory=inventory, env=env)
+    assert first.returncode == 1, first.stdout + first.stderr
+    assert "the CA could not validate" in first.stdout + first.stderr
+    attempts = validation_attempts(lab)
+    assert attempts > 0, lab.pebble_log()[-2000:]
+
+    second = certfab_cli(lab, "fab", "-H", ELSEWHERE_HOST, "bootstrap", inventory=inventory, env=env)
+    assert second.returncode == 1, second.stdout + second.stderr
+    [line] = refusals(second.stderr)
+    assert line.startswith(f"web23: site elsewhere: refused: validation of {ELSEWHERE} failed 1 time(s), last at "), line
+    assert line.endswith("(--force orders anyway)"), line
+    assert validation_attempts(lab) == attempts
+
+    forced = certfab_cli(lab, "fab", "-H", ELSEWHERE_HOST, "bootstrap", "--force", inventory=inventory, env=env)
+    assert forced.returncode == 1 and refusals(forced.stderr) == [], forced.stdout + forced.stderr
+    assert validation_attempts(lab) > attempts
+    kinds = [e["kind"] for e in json.loads(certfab_cli(lab, "fab", "history", "--json", env=env).stdout)["events"]]
+    assert kinds.count("failed-validation") == 2 and kinds.count("refused") == 1, kinds

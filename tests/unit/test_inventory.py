@@ -1122,6 +1122,8 @@ def test_example_inventory_loads() -> None:
     assert inv.host("web2").sites[0].root is not None
     assert inv.host("api1").sites[0].upstream is not None
     assert inv.host("api1").tls.profile == "modern" and inv.host("api1").tls.hsts_max_age == 63072000
+    assert inv.host("api1").sites[0].profile == "shortlived" and inv.host("web1").sites[0].profile is None
+    assert (inv.acme.rate_limits.per_registered_domain, inv.acme.rate_limits.per_name_set) == (50, 5)
     legacy = inv.host("legacy1")
     assert (legacy.renewal.hour, legacy.tls.profile, legacy.tls.dhparam_bits, legacy.port) == (
         4,
@@ -1158,6 +1160,10 @@ def test_example_inventory_documents_every_field() -> None:
         "hour",
         "mail_on_success",
         "profile",
+        "profile_required",
+        "rate_limits",
+        "per_registered_domain",
+        "per_name_set",
         "hsts_max_age",
         "hsts_include_subdomains",
         "hsts_preload",

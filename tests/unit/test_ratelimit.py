@@ -104,3 +104,16 @@ def test_the_guard_records_and_counts_across_runs(tmp_path: Path) -> None:
     kinds = [e.kind for e in again.history.events(NOW - timedelta(days=30))]
     assert kinds == ["refused", "order", "order", "issued", "issued", "refused"]
     assert oct(path.stat().st_mode & 0o777) == "0o600"
+
+
+def test_failed_names_are_read_from_old_and_new_certbot_output() -> None:
+    from certfab.issue import certbot_failure, failed_domains
+
+    new = ("Certbot failed to authenticate some domains (authenticator: webroot). The Certificate Authority "
+           "reported these problems:\n  Identifier: www.web11.test\n  Type:   connection\n  Detail: refused\n\n"
+           "  Identifier: web11.test\n  Type:   unauthorized\n  Detail: 404\n")
+    old = new.replace("Identifier:", "Domain:")
+    for output in (new, old):
+        assert failed_domains(output) == ("www.web11.test", "web11.test")
+        assert certbot_failure("web11", output) == ("web11: the CA could not validate www.web11.test (connection): "
+                                                    "refused; web11.test (unauthorized): 404")
