@@ -17,7 +17,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 from certfab.errors import LabError
-from certfab.lab import files, image, layout, mail, network, packages, pebble, proc, storage
+from certfab.lab import dns, files, image, layout, mail, network, packages, pebble, proc, storage
 from certfab.lab import hosts as hostops
 
 Progress = Callable[[str], None]
@@ -190,8 +190,8 @@ def _is_lab_service(pid: int) -> bool:
     program = proc.exe(pid)
     if program == "/usr/bin/pebble":
         return str(pebble.CONFIG) in args
-    if program == "/usr/bin/pebble-challtestsrv":
-        return proc.cwd(pid) == str(layout.STATE_DIR)
+    if program == dns.NAMED:
+        return dns.is_lab_named(args)
     return "aiosmtpd" in args and str(layout.MAIL_DIR) in args
 
 
@@ -246,15 +246,15 @@ def _first_error(futures: Sequence[Future[None]]) -> None:
 
 
 def _start_services(names: Sequence[str]) -> None:
-    """Lab DNS with the hosts' names, then Pebble."""
-    pebble.start_dns()
-    pebble.add_a_records(
+    """Lab DNS with the hosts' names, then Pebble (which validates through that DNS)."""
+    dns.write_config(
         {
-            domain: layout.host_address(layout.host_index(name))
+            domain: [layout.host_address(layout.host_index(name))]
             for name in names
             for domain in layout.host_domains(name)
         }
     )
+    dns.start()
     layout.PEBBLE_LOG.write_text("")
     pebble.start_pebble()
 
@@ -302,6 +302,7 @@ def up(hosts: int = 2, repo_dir: Path | str | None = None, *, progress: Progress
             return current
         started = time.monotonic()
         packages.ensure_packages(say)
+        image.discard_stale_rootfs()
         with ThreadPoolExecutor(max_workers=min(32, hosts + 4)) as pool:
             for tag, tar in layout.IMAGES:
                 if not tar.is_file():
@@ -361,6 +362,7 @@ def up(hosts: int = 2, repo_dir: Path | str | None = None, *, progress: Progress
                 _first_error([pool.submit(_seed_and_bring_up, name, client_key, identity) for name in later])
         files.write_pebble_root(info.lab_dir, pebble.fetch_root())
         files.write_lab_files(info.lab_dir, names, host_keys, pebble.CA_CERT.read_bytes(), info.podman_hosts)
+        files.write_dns_credentials(info.lab_dir, dns.credentials_text())
         layout.STATE_FILE.write_text(json.dumps({"hosts": hosts, "repo_dir": str(repo), "podman": podman}) + "\n")
         say(f"lab up in {time.monotonic() - started:.1f} s; inventory: {info.inventory}")
         return info
@@ -494,6 +496,17 @@ def start_pebble() -> None:
         files.write_pebble_root(info.lab_dir, pebble.fetch_root())
 
 
+def set_dns(name: str, *addresses: str) -> None:
+    """Make a name of the lab zone (e.g. `shop.test`) resolve to these IPv4 addresses, replacing its A
+    records; several addresses make a round-robin name, none removes the name."""
+    dns.set_records(name, addresses)
+
+
+def clear_dns(name: str) -> None:
+    """Remove a lab name's A records."""
+    dns.set_records(name, ())
+
+
 def mails() -> list[EmailMessage]:
     """Every message the lab's SMTP server received, oldest first."""
     return mail.mails()
@@ -557,6 +570,14 @@ class Lab:
     def set_cert_lifetime(self, lifetime_seconds: int) -> None:
         """Restart Pebble with another certificate lifetime."""
         set_cert_lifetime(lifetime_seconds)
+
+    def set_dns(self, name: str, *addresses: str) -> None:
+        """Point a lab name at these addresses (several: round robin; none: removed)."""
+        set_dns(name, *addresses)
+
+    def clear_dns(self, name: str) -> None:
+        """Remove a lab name's A records."""
+        clear_dns(name)
 
     def mails(self) -> list[EmailMessage]:
         """Messages received by the lab SMTP server."""

@@ -12,7 +12,10 @@ def _atomic_write(path: Path, data: str | bytes, mode: int = 0o644) -> None:
     """Replace a file in one step so readers never see half of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    tmp.unlink(missing_ok=True)
+    # Created with its final mode, so a secret is never readable by others, not even for a moment.
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as handle:
+        handle.write(data.encode() if isinstance(data, str) else data)
     os.chmod(tmp, mode)
     tmp.replace(path)
 
@@ -80,6 +83,11 @@ def write_lab_files(lab_dir: Path, hosts: list[str], host_keys: dict[str, str], 
     _atomic_write(lab_dir / layout.LAB_FILES["known_hosts"], known_hosts_text(host_keys))
     _atomic_write(lab_dir / layout.LAB_FILES["pebble_ca"], ca_pem)
     _atomic_write(lab_dir / layout.LAB_FILES["inventory"], inventory_text(hosts, podman_hosts))
+
+
+def write_dns_credentials(lab_dir: Path, text: str) -> None:
+    """Write certbot's rfc2136 credentials for the lab DNS (readable by root only)."""
+    _atomic_write(lab_dir / layout.LAB_FILES["dns_credentials"], text, mode=0o600)
 
 
 def write_pebble_root(lab_dir: Path, root_pem: bytes) -> None:

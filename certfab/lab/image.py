@@ -15,7 +15,10 @@ from certfab.lab import layout, proc
 
 SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
-PACKAGES = "certbot,python3-cffi-backend,ca-certificates"
+# python3-certbot-dns-rfc2136: DNS-01 through the lab DNS (TSIG-signed dynamic updates).
+PACKAGES = "certbot,python3-certbot-dns-rfc2136,python3-cffi-backend,ca-certificates"
+# Next to the cached tar: the package list it was built with, so a changed list rebuilds it.
+_BUILT_WITH = layout.ROOTFS_TAR.with_name(layout.ROOTFS_TAR.name + ".packages")
 # The current certbot's image: Debian's Python only; certbot and its plugins come from PyPI as wheels.
 CURRENT_PACKAGES = "python3,ca-certificates"
 CURRENT_REQUIREMENTS = tuple(
@@ -152,7 +155,17 @@ def _prune_and_tar(rootfs: Path, target: Path) -> None:
     partial.replace(target)
 
 
-def _build(target: Path, fill: Callable[[Path], None], certbot: str) -> Path:
+def discard_stale_rootfs() -> None:
+    """Drop a cached Debian rootfs tar built with another package list (hosts then import the new one)."""
+    try:
+        current = _BUILT_WITH.read_text().strip() == PACKAGES
+    except OSError:
+        current = False
+    if not current:
+        layout.ROOTFS_TAR.unlink(missing_ok=True)
+
+
+def _build(target: Path, fill: Callable[[Path], None], needed: tuple[str, ...]) -> Path:
     """Build one certbot rootfs tar unless it is cached; return its path."""
     if target.is_file():
         return target
@@ -161,8 +174,9 @@ def _build(target: Path, fill: Callable[[Path], None], certbot: str) -> Path:
     try:
         rootfs = work / "rootfs"
         fill(rootfs)
-        if not (rootfs / certbot.lstrip("/")).exists():
-            raise LabError(f"the certbot image build finished but {rootfs}{certbot} is missing")
+        for path in needed:
+            if not (rootfs / path).exists():
+                raise LabError(f"the certbot image build finished but {rootfs}/{path} is missing")
         _prune_and_tar(rootfs, target)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -171,7 +185,12 @@ def _build(target: Path, fill: Callable[[Path], None], certbot: str) -> Path:
 
 def ensure_rootfs_tar() -> Path:
     """Build Debian's certbot (2.1) rootfs tar unless it is cached; return its path."""
-    return _build(layout.ROOTFS_TAR, lambda rootfs: _debootstrap(rootfs, PACKAGES), "/usr/bin/certbot")
+    if layout.ROOTFS_TAR.is_file():
+        return layout.ROOTFS_TAR
+    _build(layout.ROOTFS_TAR, lambda rootfs: _debootstrap(rootfs, PACKAGES),
+           ("usr/bin/certbot", "usr/lib/python3/dist-packages/certbot_dns_rfc2136"))
+    _BUILT_WITH.write_text(PACKAGES + "\n")
+    return layout.ROOTFS_TAR
 
 
 def ensure_current_rootfs_tar() -> Path:
@@ -181,7 +200,8 @@ def ensure_current_rootfs_tar() -> Path:
         _debootstrap(rootfs, CURRENT_PACKAGES)
         _install_current_certbot(rootfs)
 
-    return _build(layout.CURRENT_ROOTFS_TAR, fill, "/usr/local/bin/certbot")
+    return _build(layout.CURRENT_ROOTFS_TAR, fill,
+                  ("usr/local/bin/certbot", CURRENT_SITE.lstrip("/") + "/certbot_dns_rfc2136"))
 
 
 def ensure_images() -> tuple[Path, ...]:

@@ -51,7 +51,6 @@ MAX_HOSTS = 50
 
 ACME_PORT = 14000
 MANAGEMENT_PORT = 15000
-DNS_MANAGEMENT_PORT = 8055
 SMTP_PORT = 25
 ACME_DIRECTORY = f"https://{BRIDGE_ADDRESS}:{ACME_PORT}/dir"
 CERTBOT_IMAGE = f"certbot/certbot:v{CURRENT_CERTBOT_VERSION}"
@@ -70,6 +69,7 @@ LAB_FILES = {
     "key_file": "id_ed25519",
     "pebble_ca": "pebble-ca.pem",
     "pebble_root": "pebble-root.pem",
+    "dns_credentials": "dns-rfc2136.ini",
 }
 
 # Trees every host gets a private copy of, bind-mounted over the machine's.

@@ -1,4 +1,4 @@
-"""The lab's ACME server (Pebble), its TLS certificate, and the lab DNS (pebble-challtestsrv)."""
+"""The lab's ACME server (Pebble) and its TLS certificate."""
 
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ CA_KEY = layout.KEYS_DIR / "lab-ca.key"
 SERVER_CERT = layout.PEBBLE_DIR / "cert.pem"
 SERVER_KEY = layout.PEBBLE_DIR / "key.pem"
 CONFIG = layout.PEBBLE_DIR / "pebble-config.json"
-DNS_LOG = layout.LOG_DIR / "dns.log"
 
 _ISSUED = re.compile(r"Issued certificate serial \S+ for order")
 
@@ -171,51 +170,6 @@ def write_config(lifetime_seconds: int = layout.CERTIFICATE_VALIDITY_SECONDS) ->
 def _tls_context() -> ssl.SSLContext:
     """Client context trusting only the lab CA."""
     return ssl.create_default_context(cafile=str(CA_CERT))
-
-
-def start_dns() -> None:
-    """Start the lab DNS server answering on the bridge address, port 53."""
-    argv = [
-        "/usr/bin/pebble-challtestsrv",
-        "-dns01",
-        f"127.0.0.1:8053,{layout.BRIDGE_ADDRESS}:53",
-        "-management",
-        f"127.0.0.1:{layout.DNS_MANAGEMENT_PORT}",
-        "-http01",
-        "",
-        "-https01",
-        "",
-        "-tlsalpn01",
-        "",
-        "-defaultIPv4",
-        "",
-        "-defaultIPv6",
-        "",
-    ]
-    pid = proc.spawn(argv, log=DNS_LOG, cwd=layout.STATE_DIR)
-    proc.write_pid_file(layout.pid_file("dns"), proc.record(pid))
-    proc.wait_for(
-        "lab DNS (pebble-challtestsrv)",
-        lambda: (
-            proc.port_open("127.0.0.1", layout.DNS_MANAGEMENT_PORT)
-            and proc.port_open(layout.BRIDGE_ADDRESS, 53)
-        ),
-        timeout=20,
-    )
-
-
-def add_a_records(records: dict[str, str]) -> None:
-    """Publish A records (name -> IPv4 address) in the lab DNS."""
-    for name, address in records.items():
-        body = json.dumps({"host": name.rstrip(".") + ".", "addresses": [address]}).encode()
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{layout.DNS_MANAGEMENT_PORT}/add-a", data=body, method="POST"
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=5) as response:
-                response.read()
-        except (urllib.error.URLError, OSError) as exc:
-            raise LabError(f"lab DNS refused the record for {name}: {exc}") from exc
 
 
 def start_pebble() -> None:

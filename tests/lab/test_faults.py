@@ -22,7 +22,6 @@ import struct
 import subprocess
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from email.message import EmailMessage
@@ -40,7 +39,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from certfab.facts import FACTS_SCRIPT, REPORT_SCRIPT, facts_context, report_context
 from certfab.inventory import load_inventory
 from certfab.issue import issue_context
-from certfab.lab import Lab, layout, pebble, proc
+from certfab.lab import Lab, layout, proc
 from certfab.remote_scripts import render_script
 from certfab.stamp import probe_context
 
@@ -211,17 +210,6 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float = 60, interval
         time.sleep(interval)
 
 
-def set_dns(name: str, address: str) -> None:
-    """Point one of this module's names at an address in the lab DNS (replacing its A records)."""
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{layout.DNS_MANAGEMENT_PORT}/clear-a",
-        data=json.dumps({"host": name + "."}).encode(), method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=5) as response:
-        response.read()
-    pebble.add_a_records({name: address})
-
-
 def lab_inventory(lab: Lab, directory: Path, edit: Callable[[dict[str, Any]], None] | None = None,
                   hosts: tuple[str, ...] = (A, B)) -> Path:
     """A copy of the lab inventory with only `hosts`, absolute paths, and `edit` applied."""
@@ -362,7 +350,7 @@ def hosts(lab: Lab, module_hosts: tuple[str, ...]) -> Iterator[tuple[str, str]]:
     (reports / "faults-observed.json").write_text(json.dumps(OBSERVED, indent=2, ensure_ascii=False) + "\n")
     for name, domains in LAB_DOMAINS.items():
         for domain in domains:
-            set_dns(domain, lab.info.host(name).address)
+            lab.set_dns(domain, lab.info.host(name).address)
         sh(lab, name, "iptables -F INPUT; iptables -F OUTPUT", check=False)
 
 
@@ -686,7 +674,7 @@ def test_dns_pointing_elsewhere_fails_the_self_test_without_an_order(lab: Lab, h
     """Injects: www.web12.test points at an address nobody answers on. Expect: self-test error, no order."""
     fresh(lab, B)
     validations = acme_validations(lab, B)
-    set_dns("www.web12.test", "10.77.0.99")
+    lab.set_dns("www.web12.test", "10.77.0.99")
     try:
         result, row = bootstrap(lab, B)
         assert result.returncode == 1
@@ -697,7 +685,7 @@ def test_dns_pointing_elsewhere_fails_the_self_test_without_an_order(lab: Lab, h
         assert acme_validations(lab, B) == validations
         assert missing_certificates(lab, B) == [] and nginx_test_ok(lab, B)
     finally:
-        set_dns("www.web12.test", lab.info.host(B).address)
+        lab.set_dns("www.web12.test", lab.info.host(B).address)
     result, row = bootstrap(lab, B)
     assert result.returncode == 0, result.stdout + result.stderr
     assert row["certificates"] == {B: "issued"}
