@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Literal
 
-from certfab import nginxconf, renewal, renewalconf, tls
+from certfab import nginxconf, origin, renewal, renewalconf, tls
 from certfab.certs import SHORT_LIFETIME, parse_pem, renew_before_expiry
 from certfab.errors import PreflightError
 from certfab.facts import ConfigFile, HostFacts
@@ -18,6 +18,7 @@ from certfab.paths import (
     ACME_CA,
     ACME_INCLUDE,
     CRON_FILE,
+    HSTS_INCLUDE,
     LETSENCRYPT_LIVE,
     MANAGED_SITE_DIR,
     RENEW_ENV,
@@ -147,6 +148,8 @@ class Desired:
 
     writes: tuple[FileWrite, ...]
     https_sites: frozenset[str]
+    # Per HTTPS site, request paths into locations that set headers of their own (verify checks HSTS there).
+    probe_paths: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def host_tls(facts: HostFacts) -> tls.HostTls:
@@ -290,6 +293,7 @@ def desired_state(
     texts = {path: f.text for path, f in nginx_facts.files.items()}
     real = {path: f.real_path for path, f in nginx_facts.files.items()}
     writes: dict[str, FileWrite] = {}
+    probe_paths: dict[str, tuple[str, ...]] = {}
 
     def put(path: str, content: str, mode: str = "0644") -> None:
         writes[path] = FileWrite(path, content, mode)
@@ -344,6 +348,7 @@ def desired_state(
                 ),
             )
             continue
+        start = dict(texts)
         # Edit the site's existing blocks one change at a time, re-reading positions after each.
         for _ in range(4 * len(site.domains) + 4):
             tree = _tree(texts, facts)
@@ -363,11 +368,45 @@ def desired_state(
                 )
         else:  # pragma: no cover - a non-converging edit is a bug, never a user error
             raise PreflightError(f"{host.name}: site {site.name}: nginx edits did not converge")
+        if https and host.tls.hsts_max_age > 0:
+            probe_paths[site.name] = _hsts_in_locations(texts, facts, site)
+        # What the site's files held before certfab, for remove-site (written with the edits themselves).
+        record = origin.updated_origin(
+            origin.parse_origin(facts.owned_files.get(origin.origin_path(site.name)), site.name), site.name,
+            {real[p]: start[p] for p in texts}, {real[p]: texts[p] for p in texts if texts[p] != start[p]},
+        )
+        if record is not None and any(texts[p] != start[p] for p in texts):
+            put(origin.origin_path(site.name), origin.render_origin(record), "0600")
+
+    if any(paths for paths in probe_paths.values()) or any(HSTS_INCLUDE in text for text in texts.values()):
+        put(HSTS_INCLUDE, tls.render_hsts_include(host.tls.hsts_max_age, host.tls.hsts_include_subdomains,
+                                                  host.tls.hsts_preload))
 
     for path, text in texts.items():
         if text != nginx_facts.files[path].text:
             writes[real[path]] = FileWrite(real[path], text, None)
-    return Desired(tuple(writes.values()), https_sites)
+    return Desired(tuple(writes.values()), https_sites, probe_paths)
+
+
+def _hsts_in_locations(texts: dict[str, str], facts: HostFacts, site: Site) -> tuple[str, ...]:
+    """Include certfab's HSTS header in every location of the site's HTTPS blocks that sets headers of
+    its own (nginx drops the server's add_header there); returns request paths into those locations."""
+    paths: list[str] = []
+    done: set[tuple[str, int]] = set()
+    for domain in site.domains:
+        tree = _tree(texts, facts)
+        block = served_block(tree, domain, 443)
+        if block is None or (block.file, block.line) in done or block.is_certfab_redirect:
+            continue
+        done.add((block.file, block.line))
+        texts[block.file] = nginxconf.add_location_includes(texts[block.file], block, HSTS_INCLUDE)
+        block = served_block(_tree(texts, facts), domain, 443)
+        assert block is not None
+        for _, args in nginxconf.header_locations(texts[block.file], block):
+            path = nginxconf.probe_path(args)
+            if path is not None and path not in paths:
+                paths.append(path)
+    return tuple(paths)
 
 
 def _next_edit(

@@ -6,6 +6,7 @@ changes hosts; it is loaded only when a host has something to do.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
@@ -154,7 +155,8 @@ class HostRun:
         self._undo_open_journal()
         raise ApplyError(f"{self.host.name}: {reason}; every file was restored and nginx reloaded on the old config")
 
-    def verify(self, sites: list[str], expected: dict[str, str]) -> list[str]:
+    def verify(self, sites: list[str], expected: dict[str, str],
+               probe_paths: Mapping[str, tuple[str, ...]] | None = None) -> list[str]:
         self.session.step("verifying over HTTPS")
         problems: list[str] = []
         for site in self.host.sites:
@@ -165,14 +167,15 @@ class HostRun:
                     expected_sha256=expected.get(site.name),
                     hsts_expected=self.host.tls.hsts_max_age > 0,
                     timeout=self.inventory.ssh.connect_timeout,
+                    paths=(probe_paths or {}).get(site.name, ()),
                 )
         return problems
 
     def switch(self, writes: list[FileWrite], https_sites: list[str], expected: dict[str, str], what: str,
-               *, commit: bool = True) -> None:
+               *, commit: bool = True, probe_paths: Mapping[str, tuple[str, ...]] | None = None) -> None:
         """Apply, verify the HTTPS sites touched, then commit (or leave open) or roll back."""
         self.apply(writes, what)
-        problems = self.verify(https_sites, expected) if https_sites else []
+        problems = self.verify(https_sites, expected, probe_paths) if https_sites else []
         if problems:
             self.rollback("verification failed: " + "; ".join(problems[:3]))
         if commit:
@@ -233,7 +236,8 @@ def execute(run: HostRun, plan: Plan, observed: Observed | None, key: str | None
         what = "applying ACME plumbing and HTTPS configuration" if ready else "installing ACME plumbing"
         # With certificates to order, the plumbing stays in this run's open journal until the
         # HTTPS switch has verified, so a failed switch restores every file of the run.
-        run.switch(list(plan.plumbing_writes), sorted(ready), expected, what, commit=not orders)
+        run.switch(list(plan.plumbing_writes), sorted(ready), expected, what, commit=not orders,
+                   probe_paths=plan.probe_paths)
         plumbing = _describe(list(plan.plumbing_writes), before)
         result.applied += plumbing
     if not orders:
@@ -291,7 +295,7 @@ def execute(run: HostRun, plan: Plan, observed: Observed | None, key: str | None
     if writes_b:
         try:
             run.switch(writes_b, sorted(https_now), expected_fingerprints(facts_a, issued.issued),
-                       "switching to HTTPS")
+                       "switching to HTTPS", probe_paths=plan.probe_paths)
         except ApplyError as exc:
             # Files are back as they were before this run; the certificates are kept for the next.
             result.applied = [c for c in result.applied if c not in plumbing]

@@ -8,6 +8,7 @@ NGINX_CERTFAB_DIR = "/etc/nginx/certfab"
 
 ACME_INCLUDE = f"{NGINX_CERTFAB_DIR}/acme-challenge.conf"
 TLS_OPTIONS = f"{NGINX_CERTFAB_DIR}/tls-options.conf"
+HSTS_INCLUDE = f"{NGINX_CERTFAB_DIR}/hsts.conf"
 DHPARAM = f"{NGINX_CERTFAB_DIR}/ffdhe2048.pem"
 MANAGED_SITE_DIR = "/etc/nginx/conf.d"
 

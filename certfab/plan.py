@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import difflib
 import posixpath
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
@@ -102,6 +103,8 @@ class Plan:
     plumbing_writes: tuple[FileWrite, ...]
     https_writes: tuple[FileWrite, ...]
     facts_after_plumbing: HostFacts
+    # Per site, request paths into locations with headers of their own: verify checks HSTS there too.
+    probe_paths: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def orders(self) -> tuple[CertificateDecision, ...]:
@@ -156,6 +159,7 @@ def purpose(path: str, host: Host, nginx_files: frozenset[str]) -> str:
         paths.RENEW_ENV: "settings of the renewal job",
         paths.RENEW_SCRIPT: "renewal script (certbot renew, nginx -t, reload, mail)",
         paths.CRON_FILE: "renewal cron job",
+        paths.HSTS_INCLUDE: "HSTS header for locations that set headers of their own",
     }
     if path in fixed:
         return fixed[path]
@@ -231,4 +235,5 @@ def make_plan(host: Host, inventory: Inventory, facts: HostFacts, *, now: dateti
         plumbing_writes=tuple(plumbing),
         https_writes=tuple(https),
         facts_after_plumbing=after_plumbing,
+        probe_paths=full.probe_paths,
     )

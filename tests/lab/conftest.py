@@ -35,6 +35,7 @@ MODULE_HOSTS = {
     "test_hostile_facts": ("web17", "web18"),
     "test_ssh": ("web13", "web14"),
     "test_acme_now": ("web21", "web22", "web23"),
+    "test_lifecycle": ("web19", "web20"),
     "test_dns01": ("web27",),
 }
 

@@ -123,6 +123,34 @@ def test_report_expiry_judges_160_hour_certificates_ok(lab: Lab, short_lived: Pa
     assert {(row["host"], row["status"]) for row in rows} == {(host, "ok") for host in SHORT_HOSTS}, rows
 
 
+@pytest.mark.parametrize("host", list(SHORT_HOSTS))
+def test_a_due_160_hour_certificate_is_renewed_once(lab: Lab, short_lived: Path, host: str) -> None:
+    """Due (a margin longer than its lifetime): renewed, reloaded and mailed once; then nothing is due."""
+    conf = f"/etc/letsencrypt/renewal/{host}.conf"
+    original = lab.host_path(host, conf).read_text()
+    serial, issued, mails = disk_serial(lab, host), lab.pebble_issued_count(), len(host_mails(lab, host))
+    lab.host_exec(host, f"sed -i 's/^renew_before_expiry = .*/renew_before_expiry = 200 hours/' {conf}")
+    try:
+        run = lab.host_exec(host, f"{SCRIPT} >/dev/null", check=False, timeout=300)
+        assert run.returncode == 0, run.stderr
+        status = json.loads(lab.host_path(host, "/var/lib/certfab/status.json").read_text())
+        assert status["result"] == "renewed" and status["renewed"] == [host], status
+    finally:
+        text = lab.host_path(host, conf).read_text()
+        lab.host_path(host, conf).write_text(text.replace("renew_before_expiry = 200 hours", next(
+            line for line in original.splitlines() if line.startswith("renew_before_expiry"))))
+    assert disk_serial(lab, host) != serial and lab.pebble_issued_count() == issued + 1
+    run = lab.host_exec(host, f"{SCRIPT} >/dev/null", check=False, timeout=300)
+    assert run.returncode == 0, run.stderr
+    status = json.loads(lab.host_path(host, "/var/lib/certfab/status.json").read_text())
+    assert status["result"] == "nothing-due", status
+    assert lab.pebble_issued_count() == issued + 1
+    deadline = time.monotonic() + 10
+    while len(host_mails(lab, host)) < mails + 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [m["Subject"] for m in host_mails(lab, host)[mails:]] == [f"[certfab] {host}: renewal OK"]
+
+
 # --- ACME profiles against Pebble 2.4, which advertises none ------------------------------------------
 
 PROFILE_HOST = "web21"

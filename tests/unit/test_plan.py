@@ -169,3 +169,25 @@ def test_once_a_day_becomes_twice_once_a_certificate_lives_under_ten_days() -> N
         hours=150), lifetime=timedelta(hours=160)), ordered().renewal_conf)
     assert "," not in cron_hours(make_plan(daily, inv, long_lived, now=NOW, acme_ca_pem=None))
     assert "," in cron_hours(make_plan(daily, inv, facts({"example": short}), now=NOW, acme_ca_pem=None))
+
+
+def test_locations_with_headers_of_their_own_get_the_hsts_include_and_are_probed() -> None:
+    from dataclasses import replace as with_
+
+    from certfab.facts import ConfigFile
+    from certfab.paths import HSTS_INCLUDE
+
+    start = facts({"example": lineage(["example.com", "www.example.com"], left_days=80)})
+    assert start.nginx is not None
+    path = "/etc/nginx/sites-enabled/example.com"
+    text = start.nginx.files[path].text.replace(
+        "\tlocation / {\n\t\ttry_files $uri $uri/ =404;\n\t}\n",
+        "\tlocation / {\n\t\ttry_files $uri $uri/ =404;\n\t}\n"
+        "\tlocation /api/ {\n\t\tadd_header Access-Control-Allow-Origin *;\n\t}\n", 1)
+    files = {**start.nginx.files, path: ConfigFile(path, path, text)}
+    plan = plan_for(with_(start, nginx=with_(start.nginx, files=files)))
+    written = {f.path: f.after for f in plan.files}
+    assert 'add_header Strict-Transport-Security "max-age=63072000; includeSubDomains" always;' in written[HSTS_INCLUDE]
+    assert "\tlocation /api/ {\n\t\tinclude /etc/nginx/certfab/hsts.conf;  # managed by certfab\n" in written[path]
+    assert written[path].count(HSTS_INCLUDE) == 1
+    assert plan.probe_paths == {"example": ("/api/",)}
