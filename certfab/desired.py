@@ -8,11 +8,12 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Literal
 
-from certfab import nginxconf, origin, renewal, tls
-from certfab.certs import RENEW_FRACTION, parse_pem
+from certfab import nginxconf, origin, renewal, renewalconf, tls
+from certfab.certs import SHORT_LIFETIME, parse_pem, renew_before_expiry
 from certfab.errors import PreflightError
 from certfab.facts import ConfigFile, HostFacts
-from certfab.inventory import Host, Inventory, Site
+from certfab.inventory import AcmeSettings, Host, Inventory, RenewalSettings, Site
+from certfab.issue import PROFILES_FROM, certbot_version
 from certfab.paths import (
     ACME_CA,
     ACME_INCLUDE,
@@ -23,16 +24,18 @@ from certfab.paths import (
     RENEW_ENV,
     RENEW_SCRIPT,
     TLS_OPTIONS,
+    renewal_conf,
 )
 from certfab.tls import managed_site_path, site_include_path
-from certfab.transaction import FileWrite
+from certfab.transaction import FileWrite, expect_as_read
 
 # Bootstrap renews early when less than this fraction of a certificate's lifetime is left.
 
 
 CertAction = Literal["keep", "issue", "renew", "change-names"]
 # Why a certificate is kept or ordered, for people (reason) and for programs (cause).
-CertCause = Literal["valid", "no-certificate", "unreadable", "names-changed", "expired", "lifetime-left"]
+CertCause = Literal["valid", "no-certificate", "unreadable", "names-changed", "expired", "lifetime-left",
+                    "server-changed", "key-type-changed", "profile-changed"]
 
 
 @dataclass(frozen=True)
@@ -49,8 +52,33 @@ class CertDecision:
         return self.action != "keep"
 
 
-def decide_certificate(site: Site, facts: HostFacts, now: datetime) -> CertDecision:
-    """Keep a valid certificate with exactly the site's names; otherwise say what to order."""
+# certbot stores the profile it was asked for in the renewal configuration from this version on.
+_PROFILE_STORED_FROM = (4, 1)
+
+
+def _changed_order(site: Site, acme: AcmeSettings | None, key_type: str, conf: str) -> CertDecision | None:
+    """A renewal when the lineage was ordered from another ACME server, key type or profile than asked now."""
+    if acme is None or not conf.strip():
+        return None
+    params = renewalconf.renewal_params(conf)
+    server = params.get("server")
+    if server and server.rstrip("/") != acme.server.rstrip("/"):
+        return CertDecision(site.name, "renew", f"ACME server changed ({server} -> {acme.server})", "server-changed")
+    have_type = "ecdsa" if key_type.startswith("ECDSA") else "rsa" if key_type.startswith("RSA") else key_type
+    if have_type != acme.key_type:
+        return CertDecision(site.name, "renew", f"key type changed ({have_type} -> {acme.key_type})",
+                            "key-type-changed")
+    version = certbot_version(renewalconf.top_level(conf).get("version", ""))
+    if version is not None and version >= _PROFILE_STORED_FROM:
+        have = params.get("required_profile") or params.get("preferred_profile") or None
+        if have != site.profile:
+            return CertDecision(site.name, "renew", f"ACME profile changed ({have or 'default'} -> "
+                                f"{site.profile or 'default'})", "profile-changed")
+    return None
+
+
+def decide_certificate(site: Site, facts: HostFacts, now: datetime, acme: AcmeSettings | None = None) -> CertDecision:
+    """Keep a valid certificate with exactly the site's names, server, key type and profile; else say what to order."""
     lineage = facts.lineages.get(site.name)
     if lineage is None:
         return CertDecision(site.name, "issue", "no certificate yet", "no-certificate")
@@ -65,10 +93,53 @@ def decide_certificate(site: Site, facts: HostFacts, now: datetime) -> CertDecis
         return CertDecision(site.name, "change-names", f"names changed (+{added}; -{removed})", "names-changed")
     if info.not_after <= now:
         return CertDecision(site.name, "renew", "certificate expired", "expired")
-    if info.fraction_left(now) < RENEW_FRACTION:
-        return CertDecision(site.name, "renew", f"{info.days_left(now)} days left of {info.lifetime.days}",
-                            "lifetime-left")
+    changed = _changed_order(site, acme, info.key_type, lineage.renewal_conf)
+    if changed is not None:
+        return changed
+    if info.renewal_due(now):
+        return CertDecision(site.name, "renew", f"{info.days_left(now):.1f} days left of "
+                            f"{info.lifetime.total_seconds() / 86400:g}", "lifetime-left")
     return CertDecision(site.name, "keep", f"valid until {info.not_after:%Y-%m-%d}, names unchanged", "valid")
+
+
+def renewal_conf_write(site: str, cert_pem: str, conf: str) -> FileWrite | None:
+    """The lineage's renewal configuration with a renewal margin that fits its certificate's lifetime.
+
+    certbot 2.x renews at a fixed 30 days left, so a 6-day certificate would be renewed on every run; the
+    margin written here (a third of the lifetime, half under 10 days) is what certbot >= 4.0 does by
+    itself, and certbot >= 4.1 still renews earlier when the CA's renewal information says so.
+    None when the file already says so, or when the certificate or the file cannot be read.
+    """
+    if not conf.strip():
+        return None
+    try:
+        info = parse_pem(cert_pem)
+    except ValueError:
+        return None
+    wanted = renewalconf.with_renew_before_expiry(conf, renew_before_expiry(info.lifetime))
+    if wanted == conf:
+        return None
+    return expect_as_read([FileWrite(renewal_conf(site), wanted, None)], {renewal_conf(site): conf})[0]
+
+
+def renewal_schedule(host: Host, facts: HostFacts) -> RenewalSettings:
+    """The host's renewal settings, run twice a day once a certificate on it lives under 10 days.
+
+    Twice a day leaves a 160-hour certificate (renewed with 80 hours left) several chances, and is what
+    the CA's renewal information (ARI) asks for.
+    """
+    if host.renewal.times_per_day >= 2:
+        return host.renewal
+    if any(site.profile == "shortlived" for site in host.sites):
+        return replace(host.renewal, times_per_day=2)
+    for lineage in facts.lineages.values():
+        try:
+            lifetime = parse_pem(lineage.cert_pem).lifetime
+        except ValueError:
+            continue
+        if lifetime < SHORT_LIFETIME:
+            return replace(host.renewal, times_per_day=2)
+    return host.renewal
 
 
 @dataclass(frozen=True)
@@ -140,6 +211,13 @@ def preflight(host: Host, facts: HostFacts) -> list[str]:
         raise PreflightError(f"{name}: container runtime '{host.certbot.runtime}' is not installed")
     if facts.runtime_version.startswith("Cannot connect") or "error" in facts.runtime_version.lower():
         raise PreflightError(f"{name}: {host.certbot.runtime} does not answer: {facts.runtime_version}")
+    version = certbot_version(host.certbot.image)
+    for site in host.sites:
+        if site.profile is not None and version is not None and version < PROFILES_FROM:
+            raise PreflightError(
+                f"{name}: site {site.name}: acme.profile {site.profile} needs certbot >= "
+                f"{'.'.join(map(str, PROFILES_FROM))}, but {host.certbot.image} is certbot {version[0]}.{version[1]}"
+            )
     missing = {"flock", "base64"} - facts.tools - {"base64"}
     if missing:
         raise PreflightError(f"{name}: required tools missing: {', '.join(sorted(missing))}")
@@ -226,9 +304,10 @@ def desired_state(
     if acme_ca_pem is not None:
         put(ACME_CA, acme_ca_pem)
     put(RENEW_SCRIPT, renewal.render_renew_script(), "0700")
-    put(RENEW_ENV, renewal.render_renew_env(host, host.certbot, host.renewal, host.webroot,
+    schedule = renewal_schedule(host, facts)
+    put(RENEW_ENV, renewal.render_renew_env(host, host.certbot, schedule, host.webroot,
                                             ACME_CA if acme_ca_pem is not None else None), "0600")
-    put(CRON_FILE, renewal.render_cron(host.name, host.renewal))
+    put(CRON_FILE, renewal.render_cron(host.name, schedule))
     if https_sites:
         dhparam = None
         if tls.needs_dhparam(host.tls.profile):

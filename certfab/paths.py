@@ -22,3 +22,9 @@ STATUS_FILE = f"{STATE_DIR}/status.json"
 
 LETSENCRYPT_LIVE = "/etc/letsencrypt/live"
 DEFAULT_WEBROOT = "/var/www/letsencrypt"
+LETSENCRYPT_RENEWAL = "/etc/letsencrypt/renewal"
+
+
+def renewal_conf(lineage: str) -> str:
+    """certbot's renewal configuration of a lineage."""
+    return f"{LETSENCRYPT_RENEWAL}/{lineage}.conf"
