@@ -15,7 +15,9 @@ if TYPE_CHECKING:
     from certfab.fleet import HostSession
     from certfab.plan import Plan
 
-CertOutcome = Literal["kept", "issued", "keep", "order"]
+# "copied": a peer got its shared site's lineage from the issuer; "awaits": a peer has no copy yet;
+# "held": an issuer's order waits for deploy-all's second pass (every backend has its ACME location then).
+CertOutcome = Literal["kept", "issued", "keep", "order", "copied", "awaits", "held"]
 
 
 @dataclass
@@ -62,8 +64,11 @@ def read_acme_ca(path: Path | None) -> str | None:
 
 
 def bootstrap_host(session: HostSession, *, check: bool, acme_ca_pem: str | None,
-                   now: datetime | None = None) -> BootstrapResult:
-    """Plan one connected host and, unless check=True, carry the plan out."""
+                   now: datetime | None = None, hold: frozenset[str] = frozenset()) -> BootstrapResult:
+    """Plan one connected host and, unless check=True, carry the plan out.
+
+    Orders for the sites in `hold` wait (see certfab.sync.deploy_shared); the result says "held".
+    """
     now = now or datetime.now(timezone.utc)
     result = BootstrapResult(session.host.name)
     host = session.host
@@ -88,12 +93,13 @@ def bootstrap_host(session: HostSession, *, check: bool, acme_ca_pem: str | None
         facts = seen.facts
         if facts.journal.strip() and not check:
             facts = run.recover(facts)
-        plan = make_plan(host, session.inventory, facts, now=run.now, acme_ca_pem=acme_ca_pem)
+        plan = make_plan(host, session.inventory, facts, now=run.now, acme_ca_pem=acme_ca_pem, hold=hold)
         result.plan = plan
         result.warnings += [w for w in plan.warnings if w not in result.warnings]
         if check:
             result.planned = True
-            result.certificates = {c.site: ("order" if c.needs_order else "keep") for c in plan.certificates}
+            result.certificates = {c.site: ("order" if c.needs_order else "awaits" if c.action == "await" else "keep")
+                                   for c in plan.certificates}
             return result
         execute(run, plan, seen if facts is seen.facts else None, key)
         return result

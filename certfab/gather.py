@@ -126,6 +126,7 @@ def stamp_if_converged(
 ) -> bool:
     """After a run that changed the host: read it again and stamp it only if nothing is left to do."""
     from certfab.desired import changed_writes, decide_certificate, desired_state, preflight
+    from certfab.shared import role_of
 
     try:
         observed = read_host(remote, key=None, now=now)
@@ -136,7 +137,7 @@ def stamp_if_converged(
     host, facts = remote.host, observed.facts
     if facts.journal.strip():
         return False
-    if any(decide_certificate(site, facts, now).needs_order for site in host.sites):
+    if any(decide_certificate(site, facts, now, role_of(inventory, host, site)).needs_order for site in host.sites):
         return False
     desired = desired_state(host, inventory, facts, https_sites=frozenset(s.name for s in host.sites),
                             acme_ca_pem=acme_ca_pem)
@@ -162,6 +163,21 @@ def host_records(session: HostSession, *, timeout: float = 10.0) -> list[CertRec
         seen.add(name)
         try:
             disk = parse_pem(lineage.cert_pem)
+        except CertificateError as exc:
+            records.append(CertRecord(host.name, name, unreachable_error=f"{name}: unreadable certificate: {exc}"))
+            continue
+        served = {}
+        for domain in disk.names:
+            result = fetch_served(host.address, 443, domain, timeout)
+            served[domain] = result if result.ok else (result.error or "no certificate served")
+        records.append(CertRecord(host.name, name, tuple(disk.names), disk, served, facts.status, cron_present(facts)))
+    # A shared site's copy (a peer's, or an issuer's that has no lineage of its own yet).
+    for name, pem in facts.shared_copies.items():
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            disk = parse_pem(pem)
         except CertificateError as exc:
             records.append(CertRecord(host.name, name, unreachable_error=f"{name}: unreadable certificate: {exc}"))
             continue

@@ -21,3 +21,4 @@ STATUS_FILE = f"{STATE_DIR}/status.json"
 
 LETSENCRYPT_LIVE = "/etc/letsencrypt/live"
 DEFAULT_WEBROOT = "/var/www/letsencrypt"
+SHARED_LINEAGES = "/etc/letsencrypt/certfab-shared"

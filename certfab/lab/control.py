@@ -460,6 +460,11 @@ def start_pebble() -> None:
         files.write_pebble_root(info.lab_dir, pebble.fetch_root())
 
 
+def set_dns(name: str, *addresses: str) -> None:
+    """Publish a name's A records in the lab DNS, replacing those it had (several: a round-robin name)."""
+    pebble.set_a_records(name, addresses)
+
+
 def mails() -> list[EmailMessage]:
     """Every message the lab's SMTP server received, oldest first."""
     return mail.mails()
@@ -519,6 +524,10 @@ class Lab:
     def start_pebble(self) -> None:
         """Start Pebble and rewrite lab/pebble-root.pem."""
         start_pebble()
+
+    def set_dns(self, name: str, *addresses: str) -> None:
+        """Point a name at one or several addresses in the lab DNS."""
+        set_dns(name, *addresses)
 
     def mails(self) -> list[EmailMessage]:
         """Messages received by the lab SMTP server."""

@@ -9,6 +9,7 @@ import re
 import ssl
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography import x509
@@ -192,6 +193,20 @@ def add_a_records(records: dict[str, str]) -> None:
                 response.read()
         except (urllib.error.URLError, OSError) as exc:
             raise LabError(f"lab DNS refused the record for {name}: {exc}") from exc
+
+
+def set_a_records(name: str, addresses: Sequence[str]) -> None:
+    """Replace a name's A records in the lab DNS with `addresses` (several make a round-robin name)."""
+    fqdn = name.rstrip(".") + "."
+    for path, body in (("clear-a", {"host": fqdn}), ("add-a", {"host": fqdn, "addresses": list(addresses)})):
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{layout.DNS_MANAGEMENT_PORT}/{path}", data=json.dumps(body).encode(), method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                response.read()
+        except (urllib.error.URLError, OSError) as exc:
+            raise LabError(f"lab DNS refused {path} for {name}: {exc}") from exc
 
 
 def start_pebble() -> None:

@@ -14,7 +14,7 @@ from certfab import lab as labkit
 
 REPO_DIR = Path(__file__).resolve().parents[2]
 LAB_TESTS = Path(__file__).resolve().parent
-MIN_HOSTS = 18
+MIN_HOSTS = 26
 VENV_BIN = Path(sys.executable).parent
 
 # Each test module works on its own hosts, so modules never disturb one another.
@@ -29,6 +29,7 @@ MODULE_HOSTS = {
     "test_hostile_apply": ("web15", "web16"),
     "test_hostile_facts": ("web17", "web18"),
     "test_ssh": ("web13", "web14"),
+    "test_shared": ("web24", "web25", "web26"),
 }
 
 

@@ -13,7 +13,7 @@ PURE_MODULES = (
     "certfab.stamp", "certfab.facts", "certfab.facts_view", "certfab.recap", "certfab.protocol",
     "certfab.remote_scripts", "certfab.templating", "certfab.textsafe", "certfab.transaction",
     "certfab.issue", "certfab.outcome", "certfab.paths", "certfab.errors", "certfab.plan", "certfab.nginx",
-    "certfab.renewal_status", "certfab.renewal_run", "certfab.tlsdefaults",
+    "certfab.renewal_status", "certfab.renewal_run", "certfab.tlsdefaults", "certfab.shared",
 )
 IO_LIBRARIES = ("fabric", "paramiko", "invoke")
 
