@@ -270,7 +270,8 @@ def test_removing_the_issuer_hands_issuing_over_without_an_order(lab: Lab, tmp_p
     # The new issuer answers challenges from its webroot; the other backend passes them to it.
     new_issuer, peer = remaining
     token = secrets.token_hex(16)
-    lab.host_exec(new_issuer, f"printf %s {token} > /var/www/letsencrypt/.well-known/acme-challenge/{token}")
+    lab.host_exec(new_issuer, "mkdir -p /var/www/letsencrypt/.well-known/acme-challenge && printf %s "
+                              f"{token} > /var/www/letsencrypt/.well-known/acme-challenge/{token}")
     try:
         for host in remaining:
             answer = http_get(lab.info.host(host).address, NAMES[0], f"/.well-known/acme-challenge/{token}")
