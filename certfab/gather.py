@@ -174,22 +174,10 @@ def host_records(session: HostSession, *, timeout: float = 10.0) -> list[CertRec
     session.step("fetching served certificates")
     records = []
     seen = set()
-    for name, lineage in facts.lineages.items():
-        seen.add(name)
-        try:
-            disk = parse_pem(lineage.cert_pem)
-        except CertificateError as exc:
-            records.append(CertRecord(host.name, name, unreachable_error=f"{name}: unreadable certificate: {exc}"))
-            continue
-        served = {}
-        for domain in disk.names:
-            result = probes.get(domain)
-            served[domain] = result if result.ok else (result.error or "no certificate served")
-        records.append(CertRecord(host.name, name, tuple(disk.names), disk, served, facts.status, cron_present(facts)))
-    # A shared site's copy (a peer's, or an issuer's that has no lineage of its own yet).
-    for name, pem in facts.shared_copies.items():
-        if name in seen:
-            continue
+    # certbot's lineages, then the copies of shared sites (a peer's, or an issuer's with no lineage yet).
+    certificates = {name: lineage.cert_pem for name, lineage in facts.lineages.items()}
+    certificates.update({name: pem for name, pem in facts.shared_copies.items() if name not in certificates})
+    for name, pem in certificates.items():
         seen.add(name)
         try:
             disk = parse_pem(pem)
@@ -198,7 +186,7 @@ def host_records(session: HostSession, *, timeout: float = 10.0) -> list[CertRec
             continue
         served = {}
         for domain in disk.names:
-            result = fetch_served(host.address, 443, domain, timeout)
+            result = probes.get(domain)
             served[domain] = result if result.ok else (result.error or "no certificate served")
         records.append(CertRecord(host.name, name, tuple(disk.names), disk, served, facts.status, cron_present(facts)))
     for site in host.sites:
