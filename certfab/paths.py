@@ -8,6 +8,7 @@ NGINX_CERTFAB_DIR = "/etc/nginx/certfab"
 
 ACME_INCLUDE = f"{NGINX_CERTFAB_DIR}/acme-challenge.conf"
 TLS_OPTIONS = f"{NGINX_CERTFAB_DIR}/tls-options.conf"
+HSTS_INCLUDE = f"{NGINX_CERTFAB_DIR}/hsts.conf"
 DHPARAM = f"{NGINX_CERTFAB_DIR}/ffdhe2048.pem"
 MANAGED_SITE_DIR = "/etc/nginx/conf.d"
 
@@ -21,4 +22,10 @@ STATUS_FILE = f"{STATE_DIR}/status.json"
 
 LETSENCRYPT_LIVE = "/etc/letsencrypt/live"
 DEFAULT_WEBROOT = "/var/www/letsencrypt"
+LETSENCRYPT_RENEWAL = "/etc/letsencrypt/renewal"
+
+
+def renewal_conf(lineage: str) -> str:
+    """certbot's renewal configuration of a lineage."""
+    return f"{LETSENCRYPT_RENEWAL}/{lineage}.conf"
 SHARED_LINEAGES = "/etc/letsencrypt/certfab-shared"

@@ -1,4 +1,4 @@
-"""A lab of real test hosts on this machine: nginx + sshd + dockerd per host, Pebble, DNS and SMTP."""
+"""A lab of real test hosts on this machine: nginx + sshd + dockerd per host, Pebble, DNS (BIND) and SMTP."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from certfab.lab.control import (
     Lab,
     LabHost,
     LabInfo,
+    clear_dns,
     clear_mails,
     default_repo_dir,
     down,
@@ -30,6 +31,7 @@ __all__ = [
     "Lab",
     "LabHost",
     "LabInfo",
+    "clear_dns",
     "clear_mails",
     "default_repo_dir",
     "down",

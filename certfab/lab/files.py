@@ -12,7 +12,10 @@ def _atomic_write(path: Path, data: str | bytes, mode: int = 0o644) -> None:
     """Replace a file in one step so readers never see half of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    tmp.unlink(missing_ok=True)
+    # Created with its final mode, so a secret is never readable by others, not even for a moment.
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as handle:
+        handle.write(data.encode() if isinstance(data, str) else data)
     os.chmod(tmp, mode)
     tmp.replace(path)
 
@@ -35,7 +38,7 @@ def known_hosts_text(host_keys: dict[str, str]) -> str:
     return "".join(f"{address} {key}\n" for address, key in sorted(host_keys.items()))
 
 
-def inventory_text(hosts: list[str]) -> str:
+def inventory_text(hosts: list[str], podman_hosts: tuple[str, ...] = ()) -> str:
     """The lab inventory (see INVENTORY format): Pebble as ACME server, every host in group `lab`."""
     lines = [
         "# Lab inventory: rewritten by `inv lab.up`; paths are relative to this file.",
@@ -48,6 +51,8 @@ def inventory_text(hosts: list[str]) -> str:
         f"  server: {layout.ACME_DIRECTORY}",
         f"  ca_bundle: {layout.LAB_FILES['pebble_ca']}",
         f"  trust_roots: {layout.LAB_FILES['pebble_root']}",
+        "  # Pebble enforces no rate limits, and the tests order the same names many times a day.",
+        "  rate_limits: {per_registered_domain: 100000, per_name_set: 100000}",
         "defaults:",
         "  user: root",
         f"  key_file: {layout.LAB_FILES['key_file']}",
@@ -64,6 +69,7 @@ def inventory_text(hosts: list[str]) -> str:
         lines += [
             f"  {name}:",
             f"    address: {layout.host_address(layout.host_index(name))}",
+            *(["    certbot: {runtime: podman}"] if name in podman_hosts else []),
             "    sites:",
             f"      - name: {name}",
             f"        domains: [{', '.join(layout.host_domains(name))}]",
@@ -71,11 +77,17 @@ def inventory_text(hosts: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_lab_files(lab_dir: Path, hosts: list[str], host_keys: dict[str, str], ca_pem: bytes) -> None:
+def write_lab_files(lab_dir: Path, hosts: list[str], host_keys: dict[str, str], ca_pem: bytes,
+                    podman_hosts: tuple[str, ...] = ()) -> None:
     """Write the inventory, known_hosts and the lab CA next to the client key."""
     _atomic_write(lab_dir / layout.LAB_FILES["known_hosts"], known_hosts_text(host_keys))
     _atomic_write(lab_dir / layout.LAB_FILES["pebble_ca"], ca_pem)
-    _atomic_write(lab_dir / layout.LAB_FILES["inventory"], inventory_text(hosts))
+    _atomic_write(lab_dir / layout.LAB_FILES["inventory"], inventory_text(hosts, podman_hosts))
+
+
+def write_dns_credentials(lab_dir: Path, text: str) -> None:
+    """Write certbot's rfc2136 credentials for the lab DNS (readable by root only)."""
+    _atomic_write(lab_dir / layout.LAB_FILES["dns_credentials"], text, mode=0o600)
 
 
 def write_pebble_root(lab_dir: Path, root_pem: bytes) -> None:

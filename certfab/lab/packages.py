@@ -18,9 +18,13 @@ PACKAGES: tuple[str, ...] = (
     "debootstrap",
     "cron",
     "docker.io",
+    "podman",
     "msmtp-mta",
     "iproute2",
     "iptables",
+    # The lab DNS: an authoritative server for the zone `test.` with dynamic updates (nsupdate).
+    "bind9",
+    "bind9-dnsutils",
 )
 
 _POLICY_RC = Path("/usr/sbin/policy-rc.d")

@@ -1,4 +1,4 @@
-"""The lab's ACME server (Pebble), its TLS certificate, and the lab DNS (pebble-challtestsrv)."""
+"""The lab's ACME server (Pebble) and its TLS certificate."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import re
 import ssl
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography import x509
@@ -25,7 +24,6 @@ CA_KEY = layout.KEYS_DIR / "lab-ca.key"
 SERVER_CERT = layout.PEBBLE_DIR / "cert.pem"
 SERVER_KEY = layout.PEBBLE_DIR / "key.pem"
 CONFIG = layout.PEBBLE_DIR / "pebble-config.json"
-DNS_LOG = layout.LOG_DIR / "dns.log"
 
 _ISSUED = re.compile(r"Issued certificate serial \S+ for order")
 
@@ -126,8 +124,32 @@ def ensure_tls() -> None:
     SERVER_CERT.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
-def write_config() -> None:
-    """Write Pebble's configuration (listeners on the bridge, challenges on ports 80/443, 90-day certs)."""
+_DURATION = re.compile(r"([1-9][0-9]*)([smhd])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_lifetime(text: str) -> int:
+    """Seconds of a certificate lifetime written like `160h`, `45d`, `90m` or `3600s`; LabError otherwise."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise LabError(f"--cert-lifetime {text!r} is not a duration like 160h, 45d, 90m or 3600s")
+    seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if not 60 <= seconds <= 5 * 365 * 86400:
+        raise LabError(f"--cert-lifetime {text!r} is outside 1 minute .. 5 years")
+    return seconds
+
+
+def configured_lifetime() -> int | None:
+    """The certificate lifetime (seconds) in Pebble's current configuration, None without one."""
+    try:
+        value = json.loads(CONFIG.read_text())["pebble"]["certificateValidityPeriod"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return value if isinstance(value, int) else None
+
+
+def write_config(lifetime_seconds: int = layout.CERTIFICATE_VALIDITY_SECONDS) -> None:
+    """Write Pebble's configuration (listeners on the bridge, challenges on ports 80/443, the lifetime)."""
     config = {
         "pebble": {
             "listenAddress": f"{layout.BRIDGE_ADDRESS}:{layout.ACME_PORT}",
@@ -138,7 +160,7 @@ def write_config() -> None:
             "tlsPort": 443,
             "ocspResponderURL": "",
             "externalAccountBindingRequired": False,
-            "certificateValidityPeriod": layout.CERTIFICATE_VALIDITY_SECONDS,
+            "certificateValidityPeriod": lifetime_seconds,
         }
     }
     CONFIG.parent.mkdir(parents=True, exist_ok=True)
@@ -148,65 +170,6 @@ def write_config() -> None:
 def _tls_context() -> ssl.SSLContext:
     """Client context trusting only the lab CA."""
     return ssl.create_default_context(cafile=str(CA_CERT))
-
-
-def start_dns() -> None:
-    """Start the lab DNS server answering on the bridge address, port 53."""
-    argv = [
-        "/usr/bin/pebble-challtestsrv",
-        "-dns01",
-        f"127.0.0.1:8053,{layout.BRIDGE_ADDRESS}:53",
-        "-management",
-        f"127.0.0.1:{layout.DNS_MANAGEMENT_PORT}",
-        "-http01",
-        "",
-        "-https01",
-        "",
-        "-tlsalpn01",
-        "",
-        "-defaultIPv4",
-        "",
-        "-defaultIPv6",
-        "",
-    ]
-    pid = proc.spawn(argv, log=DNS_LOG, cwd=layout.STATE_DIR)
-    proc.write_pid_file(layout.pid_file("dns"), proc.record(pid))
-    proc.wait_for(
-        "lab DNS (pebble-challtestsrv)",
-        lambda: (
-            proc.port_open("127.0.0.1", layout.DNS_MANAGEMENT_PORT)
-            and proc.port_open(layout.BRIDGE_ADDRESS, 53)
-        ),
-        timeout=20,
-    )
-
-
-def add_a_records(records: dict[str, str]) -> None:
-    """Publish A records (name -> IPv4 address) in the lab DNS."""
-    for name, address in records.items():
-        body = json.dumps({"host": name.rstrip(".") + ".", "addresses": [address]}).encode()
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{layout.DNS_MANAGEMENT_PORT}/add-a", data=body, method="POST"
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=5) as response:
-                response.read()
-        except (urllib.error.URLError, OSError) as exc:
-            raise LabError(f"lab DNS refused the record for {name}: {exc}") from exc
-
-
-def set_a_records(name: str, addresses: Sequence[str]) -> None:
-    """Replace a name's A records in the lab DNS with `addresses` (several make a round-robin name)."""
-    fqdn = name.rstrip(".") + "."
-    for path, body in (("clear-a", {"host": fqdn}), ("add-a", {"host": fqdn, "addresses": list(addresses)})):
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{layout.DNS_MANAGEMENT_PORT}/{path}", data=json.dumps(body).encode(), method="POST"
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=5) as response:
-                response.read()
-        except (urllib.error.URLError, OSError) as exc:
-            raise LabError(f"lab DNS refused {path} for {name}: {exc}") from exc
 
 
 def start_pebble() -> None:

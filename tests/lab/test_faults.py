@@ -22,7 +22,6 @@ import struct
 import subprocess
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from email.message import EmailMessage
@@ -40,7 +39,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from certfab.facts import FACTS_SCRIPT, REPORT_SCRIPT, facts_context, report_context
 from certfab.inventory import load_inventory
 from certfab.issue import issue_context
-from certfab.lab import Lab, layout, pebble, proc
+from certfab.lab import Lab, layout, proc
 from certfab.remote_scripts import render_script
 from certfab.stamp import probe_context
 
@@ -50,7 +49,7 @@ FAULT_DIR = "/root/.certfab-faults"  # /root is a private tree of each host, vis
 BROKEN_CONF = "/etc/nginx/conf.d/zz-certfab-faults-broken.conf"
 WATCHED_TREES = ("/etc/nginx", "/etc/certfab", "/usr/local/sbin", "/etc/cron.d")
 HIDDEN_IMAGE = "certfab-faults/hidden:1"
-IMAGE = "certbot/certbot:v2.1.0"
+IMAGE = layout.CERTBOT_IMAGE
 
 # Every CLI output of this module, checked at the end for private key material.
 OUTPUTS: list[str] = []
@@ -211,17 +210,6 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float = 60, interval
         time.sleep(interval)
 
 
-def set_dns(name: str, address: str) -> None:
-    """Point one of this module's names at an address in the lab DNS (replacing its A records)."""
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{layout.DNS_MANAGEMENT_PORT}/clear-a",
-        data=json.dumps({"host": name + "."}).encode(), method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=5) as response:
-        response.read()
-    pebble.add_a_records({name: address})
-
-
 def lab_inventory(lab: Lab, directory: Path, edit: Callable[[dict[str, Any]], None] | None = None,
                   hosts: tuple[str, ...] = (A, B)) -> Path:
     """A copy of the lab inventory with only `hosts`, absolute paths, and `edit` applied."""
@@ -362,7 +350,7 @@ def hosts(lab: Lab, module_hosts: tuple[str, ...]) -> Iterator[tuple[str, str]]:
     (reports / "faults-observed.json").write_text(json.dumps(OBSERVED, indent=2, ensure_ascii=False) + "\n")
     for name, domains in LAB_DOMAINS.items():
         for domain in domains:
-            set_dns(domain, lab.info.host(name).address)
+            lab.set_dns(domain, lab.info.host(name).address)
         sh(lab, name, "iptables -F INPUT; iptables -F OUTPUT", check=False)
 
 
@@ -673,7 +661,10 @@ def test_ca_cannot_reach_port_80_clear_error_then_success(lab: Lab, hosts: tuple
         assert leftovers(lab, A) == []
     finally:
         sh(lab, A, f"iptables -D {rule}")
+    # The failed validation started a back-off of one minute; --force orders anyway.
     result, row = bootstrap(lab, A)
+    assert result.returncode == 1 and "refused: validation of web11.test failed 1 time(s)" in result.stderr
+    result, row = bootstrap(lab, A, "--force")
     assert result.returncode == 0, result.stdout + result.stderr
     assert row["certificates"] == {A: "issued"}
     assert served_sha256(lab, A, "web11.test") == disk_sha256(lab, A)
@@ -683,7 +674,7 @@ def test_dns_pointing_elsewhere_fails_the_self_test_without_an_order(lab: Lab, h
     """Injects: www.web12.test points at an address nobody answers on. Expect: self-test error, no order."""
     fresh(lab, B)
     validations = acme_validations(lab, B)
-    set_dns("www.web12.test", "10.77.0.99")
+    lab.set_dns("www.web12.test", "10.77.0.99")
     try:
         result, row = bootstrap(lab, B)
         assert result.returncode == 1
@@ -694,7 +685,7 @@ def test_dns_pointing_elsewhere_fails_the_self_test_without_an_order(lab: Lab, h
         assert acme_validations(lab, B) == validations
         assert missing_certificates(lab, B) == [] and nginx_test_ok(lab, B)
     finally:
-        set_dns("www.web12.test", lab.info.host(B).address)
+        lab.set_dns("www.web12.test", lab.info.host(B).address)
     result, row = bootstrap(lab, B)
     assert result.returncode == 0, result.stdout + result.stderr
     assert row["certificates"] == {B: "issued"}
