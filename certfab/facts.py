@@ -114,6 +114,8 @@ class HostFacts:
     owned_files: dict[str, str]
     journal: str
     status: RenewalStatus | None = field(default=None)
+    # Copies of shared sites' lineages (certfab's, under paths.SHARED_LINEAGES): site -> cert.pem.
+    shared_copies: dict[str, str] = field(default_factory=dict)
 
 
 def parse_nginx_v(text: str) -> tuple[str, str, bool, str, str]:
@@ -193,6 +195,7 @@ def parse_facts(host: str, reply: Reply, nginx_files: dict[str, ConfigFile] | No
         owned_files={f.arg: f.text for f in reply.all("owned-file")},
         journal="\n".join(f.text for f in reply.all("journal")),
         status=status,
+        shared_copies={f.arg: f.body.decode("ascii", errors="replace") for f in reply.all("shared-cert")},
     )
 
 

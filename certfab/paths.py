@@ -28,3 +28,4 @@ LETSENCRYPT_RENEWAL = "/etc/letsencrypt/renewal"
 def renewal_conf(lineage: str) -> str:
     """certbot's renewal configuration of a lineage."""
     return f"{LETSENCRYPT_RENEWAL}/{lineage}.conf"
+SHARED_LINEAGES = "/etc/letsencrypt/certfab-shared"
