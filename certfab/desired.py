@@ -19,7 +19,6 @@ from certfab.paths import (
     ACME_INCLUDE,
     CRON_FILE,
     HSTS_INCLUDE,
-    LETSENCRYPT_LIVE,
     MANAGED_SITE_DIR,
     RENEW_ENV,
     RENEW_SCRIPT,
