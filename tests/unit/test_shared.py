@@ -87,18 +87,18 @@ def peer_facts(copy: str | None = None, live: str | None = None) -> Any:
 
 class TestDecisions:
     def test_a_peer_never_orders(self) -> None:
-        assert decide_certificate(replace_site(), peer_facts(), NOW, "peer").action == "await"
+        assert decide_certificate(replace_site(), peer_facts(), NOW, role="peer").action == "await"
         old = certificate(NAMES, 90, 10)
-        assert decide_certificate(replace_site(), peer_facts(old), NOW, "peer").action == "keep"
+        assert decide_certificate(replace_site(), peer_facts(old), NOW, role="peer").action == "keep"
         expired = certificate(NAMES, 90, -1)
-        decision = decide_certificate(replace_site(), peer_facts(expired), NOW, "peer")
+        decision = decide_certificate(replace_site(), peer_facts(expired), NOW, role="peer")
         assert decision.action == "await" and not decision.needs_order and not decision.ready
 
     def test_a_new_issuer_keeps_serving_a_valid_copy_without_an_order(self) -> None:
         copy = certificate(NAMES, 90, 60)
-        assert decide_certificate(replace_site(), peer_facts(copy), NOW, "issuer").action == "keep"
+        assert decide_certificate(replace_site(), peer_facts(copy), NOW, role="issuer").action == "keep"
         due = certificate(NAMES, 90, 10)
-        assert decide_certificate(replace_site(), peer_facts(due), NOW, "issuer").action == "renew"
+        assert decide_certificate(replace_site(), peer_facts(due), NOW, role="issuer").action == "renew"
 
     def test_peer_files_pass_challenges_to_the_issuer_and_serve_the_copy(self) -> None:
         inv = inventory(**FLEET)
@@ -121,6 +121,12 @@ class TestDecisions:
         files = {w.path: w.content for w in desired.writes}
         assert "root /var/www/letsencrypt;" in files[acme_include_path("shop")]
         assert "ssl_certificate /etc/letsencrypt/live/shop/fullchain.pem;" in files[site_include_path("shop")]
+
+    def test_a_peer_that_still_renews_the_site_itself_is_warned_about(self) -> None:
+        inv = inventory(**FLEET)
+        live = certificate(NAMES, 90, 60)
+        plan = make_plan(inv.hosts[1], inv, peer_facts(live, live=live), now=NOW, acme_ca_pem=None)
+        assert any("two hosts would renew it" in w for w in plan.warnings), plan.warnings
 
     def test_held_orders_are_not_orders_yet(self) -> None:
         inv = inventory(**FLEET)
