@@ -104,3 +104,16 @@ def test_a_clean_https_server_is_clean() -> None:
     found = lint_facts(facts_with({MAIN: "events {}\nhttp {\n\tinclude /etc/nginx/sites-enabled/*;\n}\n",
                                    SITE: clean}))
     assert found == [] and exit_code(found) == 0
+
+
+def test_certbots_own_renewal_jobs_are_reported() -> None:
+    base = facts_with({MAIN: "events {}\nhttp {\n}\n"})
+    jobs = replace(base, competing_renewal=("/etc/cron.d/certbot", "certbot.timer"),
+                   crontab="# m h dom mon dow command\n17 3 * * * certbot renew -q\n")
+    found = [(f.rule, f.where, f.severity, f.fixable) for f in lint_facts(jobs)]
+    assert found == [
+        ("competing-renewal", "/etc/cron.d/certbot", "warning", False),
+        ("competing-renewal", "certbot.timer", "warning", False),
+        ("competing-renewal", "root's crontab:2", "warning", False),
+    ]
+    assert exit_code(lint_facts(jobs)) == 1
