@@ -51,10 +51,12 @@ class Offboarding:
     lineages: tuple[str, ...]
     domains: tuple[str, ...]
     warnings: tuple[str, ...] = ()
+    # Shared sites whose copy of the issuer's lineage (key included, never read) goes with the site.
+    copies: tuple[str, ...] = ()
 
     @property
     def empty(self) -> bool:
-        return not self.writes and not self.lineages
+        return not self.writes and not self.lineages and not self.copies
 
 
 def _site_domains(site: str, facts: HostFacts, listed: tuple[str, ...]) -> tuple[str, ...]:
@@ -125,8 +127,9 @@ def plan_removal(host: str, site: str, facts: HostFacts, *, keep_certificate: bo
         warnings.append(f"{host}: certificate {site} stays; certbot renew still tries to renew it, and its HTTP-01 "
                         "validation fails once the site no longer serves /.well-known/acme-challenge/ "
                         f"(run remove-site {site} again without --keep-certificate to delete it)")
+    copies = (site,) if site in facts.shared_copies and not keep_certificate else ()
     return Offboarding(host, changes, tuple(writes), lineages, _site_domains(site, facts, listed_domains),
-                       tuple(warnings))
+                       tuple(warnings), copies)
 
 
 def certfab_sites(facts: HostFacts) -> tuple[str, ...]:
@@ -179,7 +182,7 @@ def inline_includes(text: str, path: str, prefix: str, owned: dict[str, str]) ->
         end = len(text) if end < 0 else end + 1
         rest = text[st.end:end].strip()
         whole_line = indent.strip() == "" and (rest == "" or rest.startswith("#"))
-        if target == ACME_INCLUDE:
+        if target == ACME_INCLUDE or posixpath.basename(target).startswith("acme-challenge-"):
             body = ""
         else:
             body = "".join(f"{indent}{line}\n" for line in _included_text(target, owned).splitlines())
@@ -198,6 +201,7 @@ def plan_uninstall(host: str, facts: HostFacts, *, restore_http: bool, keep_cert
     assert facts.nginx is not None
     warnings: list[str] = []
     lineages: list[str] = []
+    copies: list[str] = []
     domains: list[str] = []
     final: dict[str, str | None] = {}
     working = facts
@@ -211,6 +215,8 @@ def plan_uninstall(host: str, facts: HostFacts, *, restore_http: bool, keep_cert
             working = _without(working, [p for p, t in new.items() if t is None])
             if site in facts.lineages and not keep_certificates:
                 lineages.append(site)
+            if site in facts.shared_copies and not keep_certificates:
+                copies.append(site)
             domains += _site_domains(site, facts, ())
     nginx = working.nginx
     assert nginx is not None
@@ -234,7 +240,7 @@ def plan_uninstall(host: str, facts: HostFacts, *, restore_http: bool, keep_cert
         elif inlined != config.text:
             final[config.real_path] = inlined
     for path in working.owned_files:
-        if path in final or (path == ACME_CA and lineages):
+        if path in final or (path == ACME_CA and (lineages or copies)):
             continue  # certbot still needs the ACME server's CA to revoke or delete: removed last
         final[path] = None
     if not restore_http and facts.lineages:
@@ -251,7 +257,8 @@ def plan_uninstall(host: str, facts: HostFacts, *, restore_http: bool, keep_cert
     changes = tuple(Change(p, current.get(p, ""), t) for p, t in final.items())
     writes = expect_as_read([FileWrite(p, t or "", None if p in current else "0644", remove=t is None)
                              for p, t in final.items()], current)
-    return Offboarding(host, changes, tuple(writes), tuple(lineages), tuple(domains), tuple(warnings))
+    return Offboarding(host, changes, tuple(writes), tuple(lineages), tuple(domains), tuple(warnings),
+                       tuple(copies))
 
 
 def _without(facts: HostFacts, removed: list[str]) -> HostFacts:
@@ -285,6 +292,7 @@ def result_lines(result: OffboardResult, *, check: bool) -> list[str]:
                 fromfile=change.path, tofile="/dev/null" if change.after is None else change.path,
             )).rstrip("\n"))
         lines += [f"{result.host}: would delete certificate {name}" for name in plan.lineages]
+        lines += [f"{result.host}: would delete the copy of shared certificate {name}" for name in plan.copies]
         if plan.empty:
             lines.append(f"{result.host}: no change: nothing of certfab's is left for this")
         return lines

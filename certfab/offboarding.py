@@ -14,6 +14,7 @@ from certfab.gather import gather
 from certfab.issue import EXIT_CERTBOT_FAILED, container_command
 from certfab.offboard import Offboarding, OffboardResult, plan_removal, plan_uninstall
 from certfab.paths import ACME_CA, HOST_CONFIG_DIR, NGINX_CERTFAB_DIR
+from certfab.shared import copy_dir
 from certfab.tlsprobe import probe_redirect, verify_https
 from certfab.transaction import EXITS, lock_context
 
@@ -85,11 +86,14 @@ def _carry_out(run: HostRun, plan: Offboarding, result: OffboardResult, what: st
             run.rollback(bad[0])
         run.commit()
         result.applied += [c.describe() for c in plan.changes]
-    if plan.lineages:
+    if plan.lineages or plan.copies:
         run.take_lock()
         run.session.step("removing certificates")
-        reply = run.remote.script(REMOVE_SCRIPT, what="removing certificates",
-                                  context=_certbot_context(run, plan.lineages, revoke_reason))
+        context = {**_certbot_context(run, plan.lineages, revoke_reason),
+                   "copies": [{"name": name, "dir": copy_dir(name)} for name in plan.copies]}
+        reply = run.remote.script(REMOVE_SCRIPT, what="removing certificates", context=context)
+        for frame in reply.all("copy-deleted"):
+            result.applied.append(f"deleted the copy of shared certificate {frame.arg}")
         for frame in reply.all("revoked"):
             result.applied.append(f"revoked certificate {frame.arg} ({revoke_reason})")
         for frame in reply.all("deleted"):

@@ -98,3 +98,11 @@ def test_uninstall_keeps_a_managed_site_under_a_name_of_its_own() -> None:
     assert not kept.remove and kept.expected_sha256 == "absent"
     assert "/etc/nginx/certfab/" not in kept.content and "server_name app.example.com;" in kept.content
     assert "ssl_certificate /etc/letsencrypt/live/app/fullchain.pem;" in kept.content
+
+
+def test_a_peer_of_a_shared_site_drops_its_copy_with_the_site() -> None:
+    _, after = bootstrapped()
+    peer = replace(after, lineages={}, shared_copies={"example": after.lineages["example"].cert_pem})
+    plan = plan_removal("web2", "example", peer, keep_certificate=False)
+    assert plan.copies == ("example",) and plan.lineages == ()
+    assert plan_removal("web2", "example", peer, keep_certificate=True).copies == ()

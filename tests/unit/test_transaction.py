@@ -301,3 +301,19 @@ def test_uninstall_cleanup_removes_the_state_and_certfabs_empty_directories(worl
     for gone in ("etc/certfab", "etc/nginx/certfab", "var/lib/certfab"):
         assert not (root / gone).exists(), gone
     assert (root / "etc/nginx/sites-enabled").is_dir()
+
+
+def test_remove_site_drops_certfabs_copy_of_a_shared_lineage_unread(world: tuple[Path, Path]) -> None:
+    from certfab.transaction import EXITS, lock_context
+
+    root, _ = world
+    copy = root / "etc/letsencrypt/certfab-shared/shop"
+    copy.mkdir(parents=True)
+    (copy / "privkey.pem").write_text("-----BEGIN PRIVATE KEY-----\n")
+    (copy / "fullchain.pem").write_text("chain\n")
+    context = {**lock_context(RUN), "exits": {**EXITS, "certbot": 32}}
+    reply = run_local("certbot-remove.sh.j2", root=str(root), **context, runtime="docker", image="certbot/certbot:x", lineages=[],
+                      copies=[{"name": "shop", "dir": "/etc/letsencrypt/certfab-shared/shop"}])
+    assert reply.ok and [f.arg for f in reply.all("copy-deleted")] == ["shop"], reply.stderr
+    assert not copy.exists() and (root / "etc/letsencrypt/certfab-shared").is_dir()
+    assert b"PRIVATE" not in b"".join(f.body for f in reply.frames)
