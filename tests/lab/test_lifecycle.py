@@ -115,12 +115,12 @@ def web19_headers_site(lab: Lab, module_hosts: tuple[str, ...]) -> HeadersSite:
         page.parent.mkdir(parents=True, exist_ok=True)
         page.write_text(body)
     reload_nginx(lab, WEB19)
-    address = lab.info.host(WEB19).address
-    deadline = time.monotonic() + 10
-    while http_get(address, WEB19_DOMAINS[0], "/api").status != 200 and time.monotonic() < deadline:
-        time.sleep(0.2)  # nginx reloads asynchronously
+    deadline = time.monotonic() + 20
     pages = http_pages(lab, WEB19, WEB19_DOMAINS)
-    assert all(status == 200 for status, _ in pages.values()), pages
+    while any(status != 200 for status, _ in pages.values()) and time.monotonic() < deadline:
+        time.sleep(0.3)  # nginx reloads asynchronously: old workers may still answer for a moment
+        pages = http_pages(lab, WEB19, WEB19_DOMAINS)
+    assert all(status == 200 for status, _ in pages.values()), [k for k, (s, _) in pages.items() if s != 200]
     fab_ok(lab, "-H", WEB19, "bootstrap")
     return HeadersSite(HEADERS_SITE, pages)
 
