@@ -22,9 +22,10 @@ from certfab.paths import (
     RENEW_ENV,
     RENEW_SCRIPT,
     TLS_OPTIONS,
+    dns_credentials_path,
 )
 from certfab.tls import managed_site_path, site_include_path
-from certfab.transaction import FileWrite
+from certfab.transaction import FileWrite, text_sha256
 
 # Bootstrap renews early when less than this fraction of a certificate's lifetime is left.
 
@@ -213,17 +214,21 @@ def desired_state(
     real = {path: f.real_path for path, f in nginx_facts.files.items()}
     writes: dict[str, FileWrite] = {}
 
-    def put(path: str, content: str, mode: str = "0644") -> None:
-        writes[path] = FileWrite(path, content, mode)
+    def put(path: str, content: str, mode: str = "0644", *, secret: bool = False) -> None:
+        writes[path] = FileWrite(path, content, mode, secret=secret)
 
     version = host_tls(facts)
     http2_in_listen = tls.http2_style(version) == "listen"
     put(ACME_INCLUDE, tls.render_acme_include(host.webroot))
     if acme_ca_pem is not None:
         put(ACME_CA, acme_ca_pem)
+    credentials = None
+    if host.dns01 is not None:
+        credentials = dns_credentials_path(host.dns01.plugin)
+        put(credentials, host.dns01.credentials.text, "0600", secret=True)
     put(RENEW_SCRIPT, renewal.render_renew_script(), "0700")
     put(RENEW_ENV, renewal.render_renew_env(host, host.certbot, host.renewal, host.webroot,
-                                            ACME_CA if acme_ca_pem is not None else None), "0600")
+                                            ACME_CA if acme_ca_pem is not None else None, credentials), "0600")
     put(CRON_FILE, renewal.render_cron(host.name, host.renewal))
     if https_sites:
         dhparam = None
@@ -254,16 +259,19 @@ def desired_state(
         managed_file = managed_site_path(site.name)
         if site.managed and (all(b is None for b in existing) or
                              all(b is not None and b.file == managed_file for b in existing)):
-            put(
-                managed_file,
-                tls.render_managed_site(
-                    site.name, site.domains, site.root, site.upstream,
-                    phase="https" if https else "http",
-                    acme_include=ACME_INCLUDE,
-                    site_include=site_include_path(site.name),
-                    http2_in_listen=http2_in_listen,
-                ),
-            )
+            # A DNS-01 site without a redirect has no port-80 block: nothing to serve before its certificate.
+            if https or site.redirect:
+                put(
+                    managed_file,
+                    tls.render_managed_site(
+                        site.name, site.domains, site.root, site.upstream,
+                        phase="https" if https else "http",
+                        acme_include=None if site.dns01 else ACME_INCLUDE,
+                        site_include=site_include_path(site.name),
+                        http2_in_listen=http2_in_listen,
+                        redirect=site.redirect,
+                    ),
+                )
             continue
         # Edit the site's existing blocks one change at a time, re-reading positions after each.
         for _ in range(4 * len(site.domains) + 4):
@@ -298,7 +306,7 @@ def _next_edit(
         block = served_block(tree, domain, 80)
         if block is None:
             continue
-        if not block.has_include(ACME_INCLUDE):
+        if not block.has_include(ACME_INCLUDE) and not site.dns01:
             return block.file, block, "acme"
         if https and not block.is_certfab_redirect:
             return block.file, block, "https"
@@ -323,9 +331,12 @@ def _redirect_source_names(
 
 
 def changed_writes(desired: Desired, facts: HostFacts) -> list[FileWrite]:
-    """Only the files whose content differs from what is on the host."""
+    """Only the files whose content differs from what is on the host (secrets: by sha256)."""
     current = current_files(facts)
-    return [w for w in desired.writes if current.get(w.path) != w.content]
+    return [
+        w for w in desired.writes
+        if (facts.secret_files.get(w.path) != text_sha256(w.content) if w.secret else current.get(w.path) != w.content)
+    ]
 
 
 def current_files(facts: HostFacts) -> dict[str, str]:
@@ -345,11 +356,14 @@ def updated_facts_files(facts: HostFacts, writes: list[FileWrite]) -> HostFacts:
         path: replace(f, text=by_real.get(f.real_path, f.text)) for path, f in facts.nginx.files.items()
     }
     owned = dict(facts.owned_files)
+    secrets = dict(facts.secret_files)
     for w in writes:
-        if w.path not in {f.real_path for f in facts.nginx.files.values()}:
+        if w.secret:
+            secrets[w.path] = text_sha256(w.content)
+        elif w.path not in {f.real_path for f in facts.nginx.files.values()}:
             owned[w.path] = w.content
     # New managed-site files become part of nginx's tree through conf.d's include.
     for w in writes:
         if w.path.startswith(MANAGED_SITE_DIR + "/certfab-") and w.path not in files:
             files[w.path] = ConfigFile(w.path, w.path, w.content)
-    return replace(facts, nginx=replace(facts.nginx, files=files), owned_files=owned)
+    return replace(facts, nginx=replace(facts.nginx, files=files), owned_files=owned, secret_files=secrets)

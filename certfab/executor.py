@@ -241,7 +241,7 @@ def execute(run: HostRun, plan: Plan, observed: Observed | None, key: str | None
         # Some orders failed: switch only the sites that have their certificate now.
         desired_b = desired_state(host, session.inventory, facts_a, https_sites=https_now,
                                   acme_ca_pem=run.acme_ca_pem)
-        writes_b = expect_as_read(changed_writes(desired_b, facts_a), current_files(facts_a))
+        writes_b = expect_as_read(changed_writes(desired_b, facts_a), current_files(facts_a), facts_a.secret_files)
     if writes_b:
         try:
             run.switch(writes_b, sorted(https_now), expected_fingerprints(facts_a, issued.issued),
