@@ -7,6 +7,7 @@ the seam (certfab.remote); what they parse and decide is pure and lives there.
 from __future__ import annotations
 
 import posixpath
+import threading
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -145,14 +146,28 @@ def stamp_if_converged(
     return write_stamp(remote, key=key, observed=observed, warnings=warnings, now=now)
 
 
+def preload_certificate_support() -> None:
+    """Load X.509 parsing in the background while the first hosts are still connecting.
+
+    Every report parses certificates once its hosts answer; importing cryptography's X.509 support
+    (a tenth of a second) then would delay the first answer instead of overlapping the SSH handshakes.
+    """
+    def load() -> None:
+        import certfab.x509info  # noqa: F401
+
+    threading.Thread(target=load, name="certfab-preload", daemon=True).start()
+
+
 def host_records(session: HostSession, *, timeout: float = 10.0) -> list[CertRecord]:
     """One record per certificate lineage on the host, with what each of its names serves."""
     from certfab.certs import CertificateError, parse_pem
     from certfab.expiry import cron_present
     from certfab.report import CertRecord
-    from certfab.tlsprobe import fetch_served
+    from certfab.tlsprobe import ServedProbes
 
     host = session.host
+    # The handshakes for the inventory's names run while the host is read over SSH.
+    probes = ServedProbes(host.address, host.domains, timeout=timeout)
     session.step("reading certificates")
     facts = gather_for_report(session.remote)
     session.step("fetching served certificates")
@@ -167,7 +182,7 @@ def host_records(session: HostSession, *, timeout: float = 10.0) -> list[CertRec
             continue
         served = {}
         for domain in disk.names:
-            result = fetch_served(host.address, 443, domain, timeout)
+            result = probes.get(domain)
             served[domain] = result if result.ok else (result.error or "no certificate served")
         records.append(CertRecord(host.name, name, tuple(disk.names), disk, served, facts.status, cron_present(facts)))
     for site in host.sites:

@@ -10,6 +10,8 @@ import functools
 import http.client
 import socket
 import ssl
+import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +74,31 @@ def fetch_served(
     except CertificateError as exc:
         return ServedCert(der, None, f"served certificate is unreadable: {exc}")
     return ServedCert(der, info)
+
+
+class ServedProbes:
+    """What a server serves for each of some names, fetched in the background from the moment it is made.
+
+    The report starts these handshakes before its SSH read of the host, so the two waits overlap;
+    a name asked for later that was not fetched up front is fetched then.
+    """
+
+    def __init__(self, address: str, names: Iterable[str], port: int = 443, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self._address, self._port, self._timeout = address, port, timeout
+        self._results: dict[str, ServedCert] = {}
+        self._thread = threading.Thread(target=self._fetch_all, args=(tuple(dict.fromkeys(names)),), daemon=True)
+        self._thread.start()
+
+    def _fetch_all(self, names: tuple[str, ...]) -> None:
+        for name in names:
+            self._results[name] = fetch_served(self._address, self._port, name, self._timeout)
+
+    def get(self, name: str) -> ServedCert:
+        """The certificate served for `name` (waits for the background fetches first)."""
+        self._thread.join()
+        if name not in self._results:
+            self._results[name] = fetch_served(self._address, self._port, name, self._timeout)
+        return self._results[name]
 
 
 def verify_https(
