@@ -32,7 +32,18 @@ from certfab.transaction import FileWrite, text_sha256
 
 CertAction = Literal["keep", "issue", "renew", "change-names"]
 # Why a certificate is kept or ordered, for people (reason) and for programs (cause).
-CertCause = Literal["valid", "no-certificate", "unreadable", "names-changed", "expired", "lifetime-left"]
+CertCause = Literal[
+    "valid", "no-certificate", "unreadable", "names-changed", "expired", "lifetime-left", "challenge-changed",
+]
+_AUTHENTICATOR = re.compile(r"^\s*authenticator\s*=\s*(\S+)\s*$", re.MULTILINE)
+
+
+def lineage_challenge(renewal_conf: str) -> str | None:
+    """The challenge a lineage renews with, from certbot's renewal config (None: not stated)."""
+    match = _AUTHENTICATOR.search(renewal_conf)
+    if match is None:
+        return None
+    return "dns-01" if match.group(1).startswith("dns-") else "http-01"
 
 
 @dataclass(frozen=True)
@@ -65,6 +76,11 @@ def decide_certificate(site: Site, facts: HostFacts, now: datetime) -> CertDecis
         return CertDecision(site.name, "change-names", f"names changed (+{added}; -{removed})", "names-changed")
     if info.not_after <= now:
         return CertDecision(site.name, "renew", "certificate expired", "expired")
+    renews_with = lineage_challenge(lineage.renewal_conf)
+    if renews_with is not None and renews_with != site.challenge:
+        # Its renewals would keep the old challenge (e.g. HTTP-01 on a host now closed to the CA).
+        return CertDecision(site.name, "renew", f"challenge changed ({renews_with} -> {site.challenge})",
+                            "challenge-changed")
     if info.fraction_left(now) < RENEW_FRACTION:
         return CertDecision(site.name, "renew", f"{info.days_left(now)} days left of {info.lifetime.days}",
                             "lifetime-left")

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from certfab.inventory import Host, Site
-from certfab.tlsprobe import check_redirect, verify_https
+from certfab.tlsprobe import check_redirect, probe_name, verify_https
 
 
 def verify_site(host: Host, site: Site, *, trust_roots: Path | None, expected_sha256: str | None,
@@ -21,15 +21,6 @@ def verify_site(host: Host, site: Site, *, trust_roots: Path | None, expected_sh
         if not problems or time.monotonic() >= deadline:
             return problems
         time.sleep(0.5)
-
-
-# A wildcard is checked through one name under it (an SNI name cannot hold `*`).
-WILDCARD_PROBE_LABEL = "certfab-probe"
-
-
-def probe_name(domain: str) -> str:
-    """The name to ask for: the domain itself, or for `*.example.com` a name it covers."""
-    return WILDCARD_PROBE_LABEL + domain[1:] if domain.startswith("*.") else domain
 
 
 def _check_once(host: Host, site: Site, trust_roots: Path | None, expected_sha256: str | None,

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 
+from certfactory import make_certificate
 from test_desired import NOW, facts
 
-from certfab.desired import changed_writes, desired_state, updated_facts_files
+from certfab.desired import changed_writes, decide_certificate, desired_state, updated_facts_files
+from certfab.facts import Lineage
 from certfab.inventory import Inventory, parse_inventory
 from certfab.issue import certonly_args, container_command, issue_context
 from certfab.paths import RENEW_ENV
@@ -90,3 +93,13 @@ def test_certbot_uses_the_dns_plugin_and_the_self_test_skips_dns01_names(tmp_pat
     assert f"{CREDS}:{CREDS}:ro" in command and command[-1] == "certbot/dns-rfc2136:v5.1.0"
     context = issue_context("run", host, inv, [(host.sites[0], False)], acme_ca=False)
     assert context["domains"] == []
+
+
+def test_a_site_moved_to_dns01_is_ordered_again_so_renewals_use_dns(tmp_path: Path) -> None:
+    inv = inventory(tmp_path, INTERNAL)
+    site = inv.hosts[0].sites[0]
+    pem = make_certificate(list(site.domains), not_after=NOW + timedelta(days=80), lifetime=timedelta(days=90))
+    webroot = Lineage("internal", pem, "[renewalparams]\nauthenticator = webroot\nwebroot_path = /var/www\n")
+    dns = Lineage("internal", pem, "[renewalparams]\nauthenticator = dns-rfc2136\n")
+    assert decide_certificate(site, facts({"internal": webroot}), NOW).cause == "challenge-changed"
+    assert decide_certificate(site, facts({"internal": dns}), NOW).action == "keep"
