@@ -500,14 +500,20 @@ def _dns01(r: _Reader, path: FieldPath, merged: Mapping[str, Any], certbot_image
     plugin = merged["dns01.plugin"]
     where, raw, _text = merged["dns01.credentials"]
     credentials_path, secret = _credentials(r, where, raw)
-    # certbot's DNS plugin images are certbot/dns-<plugin>, tagged like certbot/certbot.
-    tag = certbot_image.rpartition(":")[2] if ":" in certbot_image.rpartition("/")[2] else "latest"
+    image = merged.get("dns01.image")
+    if image is None:
+        # certbot's DNS plugin images are certbot/dns-<plugin>, tagged like certbot/certbot.
+        name = certbot_image.rpartition("/")[2]
+        if "@" in name or ":" not in name:
+            r.fail_text(path + ("dns01",), f"key 'image' is required: no tag to take from certbot.image "
+                        f"{_short_repr(certbot_image)} (name the image with the {plugin} plugin, pinned)")
+        image = f"certbot/dns-{plugin}:{name.rpartition(':')[2]}"
     return Dns01Settings(
         plugin=plugin,
         credentials_path=credentials_path,
         credentials=secret,
         propagation_seconds=merged.get("dns01.propagation_seconds"),
-        image=merged.get("dns01.image", f"certbot/dns-{plugin}:{tag}"),
+        image=image,
     )
 
 

@@ -59,6 +59,13 @@ def test_an_explicit_image_wins(tmp_path: Path) -> None:
     assert host.certbot.image == "certbot/certbot:v2.1.0"
 
 
+def test_a_digest_pinned_certbot_image_needs_an_explicit_plugin_image(tmp_path: Path) -> None:
+    site = {"name": "shop", "domains": ["shop.example.com"], "challenge": "dns-01"}
+    data = inventory(tmp_path, site, DNS)
+    data["defaults"]["certbot"]["image"] = "certbot/certbot@sha256:" + "a" * 64
+    assert error(tmp_path, data).startswith("hosts.web1.dns01: key 'image' is required: no tag to take")
+
+
 def test_a_wildcard_on_an_http01_site_is_one_line_naming_the_field(tmp_path: Path) -> None:
     site = {"name": "shop", "domains": ["shop.example.com", "*.shop.example.com"]}
     assert error(tmp_path, inventory(tmp_path, site, DNS)) == (
