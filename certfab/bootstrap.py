@@ -12,7 +12,9 @@ from certfab.gather import read_host
 from certfab.stamp import Unchanged, input_key
 
 if TYPE_CHECKING:
+    from certfab.acmedir import AcmeDirectory
     from certfab.fleet import HostSession
+    from certfab.history import RateGuard
     from certfab.plan import Plan
 
 CertOutcome = Literal["kept", "issued", "keep", "order"]
@@ -30,6 +32,8 @@ class BootstrapResult:
     applied: list[str] = field(default_factory=list)
     certificates: dict[str, CertOutcome] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    # Orders the rate-limit guard refused, one line each (the run exits 1).
+    refused: list[str] = field(default_factory=list)
 
     @property
     def changes(self) -> list[str]:
@@ -62,8 +66,13 @@ def read_acme_ca(path: Path | None) -> str | None:
 
 
 def bootstrap_host(session: HostSession, *, check: bool, acme_ca_pem: str | None,
-                   now: datetime | None = None) -> BootstrapResult:
-    """Plan one connected host and, unless check=True, carry the plan out."""
+                   now: datetime | None = None, directory: AcmeDirectory | None = None,
+                   guard: RateGuard | None = None) -> BootstrapResult:
+    """Plan one connected host and, unless check=True, carry the plan out.
+
+    directory is the ACME server's directory, read once per run when a site asks for a profile; guard
+    admits orders under the fleet's rate limits (shared by every host of the run).
+    """
     now = now or datetime.now(timezone.utc)
     result = BootstrapResult(session.host.name)
     host = session.host
@@ -83,12 +92,13 @@ def bootstrap_host(session: HostSession, *, check: bool, acme_ca_pem: str | None
     from certfab.executor import HostRun, execute
     from certfab.plan import make_plan
 
-    run = HostRun(session, acme_ca_pem=acme_ca_pem, now=now, result=result)
+    run = HostRun(session, acme_ca_pem=acme_ca_pem, now=now, result=result, guard=guard)
     try:
         facts = seen.facts
         if facts.journal.strip() and not check:
             facts = run.recover(facts)
-        plan = make_plan(host, session.inventory, facts, now=run.now, acme_ca_pem=acme_ca_pem)
+        plan = make_plan(host, session.inventory, facts, now=run.now, acme_ca_pem=acme_ca_pem,
+                         directory=directory)
         result.plan = plan
         result.warnings += [w for w in plan.warnings if w not in result.warnings]
         if check:

@@ -7,8 +7,11 @@ from datetime import datetime, timedelta, timezone
 
 from certfab.errors import CertfabError
 
-# Renew (or order anew) once less than this share of a certificate's lifetime is left.
+# Renew (or order anew) once less than this share of a certificate's lifetime is left...
 RENEW_FRACTION = 1 / 3
+# ...or this share for lifetimes under SHORT_LIFETIME (6-day certificates), as certbot >= 4.0 does.
+SHORT_RENEW_FRACTION = 1 / 2
+SHORT_LIFETIME = timedelta(days=10)
 
 _CURVES = {
     "secp256r1": "P-256",
@@ -50,9 +53,31 @@ class CertInfo:
         left = (self.not_after - _aware(now)).total_seconds() / total
         return min(1.0, max(0.0, left))
 
+    @property
+    def renew_at(self) -> datetime:
+        """When the certificate becomes due for renewal (see renewal_margin)."""
+        return self.not_after - renewal_margin(self.lifetime)
+
+    def renewal_due(self, now: datetime) -> bool:
+        """Whether less than the renewal margin is left at `now`."""
+        return _aware(now) > self.renew_at
+
     def is_expired(self, now: datetime) -> bool:
         """Whether the certificate is no longer valid at `now`."""
         return _aware(now) >= self.not_after
+
+
+def renewal_margin(lifetime: timedelta) -> timedelta:
+    """How long before expiry a certificate is renewed: a third of its lifetime, half under 10 days."""
+    return lifetime * (SHORT_RENEW_FRACTION if lifetime < SHORT_LIFETIME else RENEW_FRACTION)
+
+
+def renew_before_expiry(lifetime: timedelta) -> str:
+    """certbot's `renew_before_expiry` for a lineage of that lifetime (whole hours under 10 days, else days)."""
+    margin = renewal_margin(lifetime)
+    if lifetime < SHORT_LIFETIME:
+        return f"{max(1, int(margin.total_seconds() // 3600))} hours"
+    return f"{max(1, margin.days)} days"
 
 
 def parse_pem(pem: str | bytes) -> CertInfo:

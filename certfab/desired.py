@@ -4,46 +4,47 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Literal
 
-from certfab import nginxconf, renewal, tls
-from certfab.certs import RENEW_FRACTION, parse_pem
+from certfab import nginxconf, origin, renewal, renewalconf, tls
+from certfab.certs import SHORT_LIFETIME, parse_pem, renew_before_expiry
 from certfab.errors import PreflightError
 from certfab.facts import ConfigFile, HostFacts
-from certfab.inventory import Host, Inventory, Site
+from certfab.inventory import AcmeSettings, Host, Inventory, RenewalSettings, Site
+from certfab.issue import PROFILES_FROM, certbot_version
 from certfab.paths import (
     ACME_CA,
     ACME_INCLUDE,
     CRON_FILE,
+    HSTS_INCLUDE,
     LETSENCRYPT_LIVE,
     MANAGED_SITE_DIR,
     RENEW_ENV,
     RENEW_SCRIPT,
     TLS_OPTIONS,
     dns_credentials_path,
+    renewal_conf,
 )
 from certfab.tls import managed_site_path, site_include_path
-from certfab.transaction import FileWrite, text_sha256
+from certfab.transaction import FileWrite, expect_as_read, text_sha256
 
 # Bootstrap renews early when less than this fraction of a certificate's lifetime is left.
 
 
 CertAction = Literal["keep", "issue", "renew", "change-names"]
 # Why a certificate is kept or ordered, for people (reason) and for programs (cause).
-CertCause = Literal[
-    "valid", "no-certificate", "unreadable", "names-changed", "expired", "lifetime-left", "challenge-changed",
-]
-_AUTHENTICATOR = re.compile(r"^\s*authenticator\s*=\s*(\S+)\s*$", re.MULTILINE)
+CertCause = Literal["valid", "no-certificate", "unreadable", "names-changed", "expired", "lifetime-left",
+                    "server-changed", "key-type-changed", "profile-changed", "challenge-changed"]
 
 
-def lineage_challenge(renewal_conf: str) -> str | None:
+def lineage_challenge(conf: str) -> str | None:
     """The challenge a lineage renews with, from certbot's renewal config (None: not stated)."""
-    match = _AUTHENTICATOR.search(renewal_conf)
-    if match is None:
+    authenticator = renewalconf.renewal_params(conf).get("authenticator")
+    if not authenticator:
         return None
-    return "dns-01" if match.group(1).startswith("dns-") else "http-01"
+    return "dns-01" if authenticator.startswith("dns-") else "http-01"
 
 
 @dataclass(frozen=True)
@@ -60,8 +61,33 @@ class CertDecision:
         return self.action != "keep"
 
 
-def decide_certificate(site: Site, facts: HostFacts, now: datetime) -> CertDecision:
-    """Keep a valid certificate with exactly the site's names; otherwise say what to order."""
+# certbot stores the profile it was asked for in the renewal configuration from this version on.
+_PROFILE_STORED_FROM = (4, 1)
+
+
+def _changed_order(site: Site, acme: AcmeSettings | None, key_type: str, conf: str) -> CertDecision | None:
+    """A renewal when the lineage was ordered from another ACME server, key type or profile than asked now."""
+    if acme is None or not conf.strip():
+        return None
+    params = renewalconf.renewal_params(conf)
+    server = params.get("server")
+    if server and server.rstrip("/") != acme.server.rstrip("/"):
+        return CertDecision(site.name, "renew", f"ACME server changed ({server} -> {acme.server})", "server-changed")
+    have_type = "ecdsa" if key_type.startswith("ECDSA") else "rsa" if key_type.startswith("RSA") else key_type
+    if have_type != acme.key_type:
+        return CertDecision(site.name, "renew", f"key type changed ({have_type} -> {acme.key_type})",
+                            "key-type-changed")
+    version = certbot_version(renewalconf.top_level(conf).get("version", ""))
+    if version is not None and version >= _PROFILE_STORED_FROM:
+        have = params.get("required_profile") or params.get("preferred_profile") or None
+        if have != site.profile:
+            return CertDecision(site.name, "renew", f"ACME profile changed ({have or 'default'} -> "
+                                f"{site.profile or 'default'})", "profile-changed")
+    return None
+
+
+def decide_certificate(site: Site, facts: HostFacts, now: datetime, acme: AcmeSettings | None = None) -> CertDecision:
+    """Keep a valid certificate with exactly the site's names, server, key type and profile; else say what to order."""
     lineage = facts.lineages.get(site.name)
     if lineage is None:
         return CertDecision(site.name, "issue", "no certificate yet", "no-certificate")
@@ -81,10 +107,53 @@ def decide_certificate(site: Site, facts: HostFacts, now: datetime) -> CertDecis
         # Its renewals would keep the old challenge (e.g. HTTP-01 on a host now closed to the CA).
         return CertDecision(site.name, "renew", f"challenge changed ({renews_with} -> {site.challenge})",
                             "challenge-changed")
-    if info.fraction_left(now) < RENEW_FRACTION:
-        return CertDecision(site.name, "renew", f"{info.days_left(now)} days left of {info.lifetime.days}",
-                            "lifetime-left")
+    changed = _changed_order(site, acme, info.key_type, lineage.renewal_conf)
+    if changed is not None:
+        return changed
+    if info.renewal_due(now):
+        return CertDecision(site.name, "renew", f"{info.days_left(now):.1f} days left of "
+                            f"{info.lifetime.total_seconds() / 86400:g}", "lifetime-left")
     return CertDecision(site.name, "keep", f"valid until {info.not_after:%Y-%m-%d}, names unchanged", "valid")
+
+
+def renewal_conf_write(site: str, cert_pem: str, conf: str) -> FileWrite | None:
+    """The lineage's renewal configuration with a renewal margin that fits its certificate's lifetime.
+
+    certbot 2.x renews at a fixed 30 days left, so a 6-day certificate would be renewed on every run; the
+    margin written here (a third of the lifetime, half under 10 days) is what certbot >= 4.0 does by
+    itself, and certbot >= 4.1 still renews earlier when the CA's renewal information says so.
+    None when the file already says so, or when the certificate or the file cannot be read.
+    """
+    if not conf.strip():
+        return None
+    try:
+        info = parse_pem(cert_pem)
+    except ValueError:
+        return None
+    wanted = renewalconf.with_renew_before_expiry(conf, renew_before_expiry(info.lifetime))
+    if wanted == conf:
+        return None
+    return expect_as_read([FileWrite(renewal_conf(site), wanted, None)], {renewal_conf(site): conf})[0]
+
+
+def renewal_schedule(host: Host, facts: HostFacts) -> RenewalSettings:
+    """The host's renewal settings, run twice a day once a certificate on it lives under 10 days.
+
+    Twice a day leaves a 160-hour certificate (renewed with 80 hours left) several chances, and is what
+    the CA's renewal information (ARI) asks for.
+    """
+    if host.renewal.times_per_day >= 2:
+        return host.renewal
+    if any(site.profile == "shortlived" for site in host.sites):
+        return replace(host.renewal, times_per_day=2)
+    for lineage in facts.lineages.values():
+        try:
+            lifetime = parse_pem(lineage.cert_pem).lifetime
+        except ValueError:
+            continue
+        if lifetime < SHORT_LIFETIME:
+            return replace(host.renewal, times_per_day=2)
+    return host.renewal
 
 
 @dataclass(frozen=True)
@@ -93,6 +162,8 @@ class Desired:
 
     writes: tuple[FileWrite, ...]
     https_sites: frozenset[str]
+    # Per HTTPS site, request paths into locations that set headers of their own (verify checks HSTS there).
+    probe_paths: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def host_tls(facts: HostFacts) -> tls.HostTls:
@@ -154,6 +225,13 @@ def preflight(host: Host, facts: HostFacts) -> list[str]:
         raise PreflightError(f"{name}: container runtime '{host.certbot.runtime}' is not installed")
     if facts.runtime_version.startswith("Cannot connect") or "error" in facts.runtime_version.lower():
         raise PreflightError(f"{name}: {host.certbot.runtime} does not answer: {facts.runtime_version}")
+    version = certbot_version(host.certbot.image)
+    for site in host.sites:
+        if site.profile is not None and version is not None and version < PROFILES_FROM:
+            raise PreflightError(
+                f"{name}: site {site.name}: acme.profile {site.profile} needs certbot >= "
+                f"{'.'.join(map(str, PROFILES_FROM))}, but {host.certbot.image} is certbot {version[0]}.{version[1]}"
+            )
     missing = {"flock", "base64"} - facts.tools - {"base64"}
     if missing:
         raise PreflightError(f"{name}: required tools missing: {', '.join(sorted(missing))}")
@@ -229,6 +307,7 @@ def desired_state(
     texts = {path: f.text for path, f in nginx_facts.files.items()}
     real = {path: f.real_path for path, f in nginx_facts.files.items()}
     writes: dict[str, FileWrite] = {}
+    probe_paths: dict[str, tuple[str, ...]] = {}
 
     def put(path: str, content: str, mode: str = "0644", *, secret: bool = False) -> None:
         writes[path] = FileWrite(path, content, mode, secret=secret)
@@ -243,9 +322,10 @@ def desired_state(
         credentials = dns_credentials_path(host.dns01.plugin)
         put(credentials, host.dns01.credentials.text, "0600", secret=True)
     put(RENEW_SCRIPT, renewal.render_renew_script(), "0700")
-    put(RENEW_ENV, renewal.render_renew_env(host, host.certbot, host.renewal, host.webroot,
+    schedule = renewal_schedule(host, facts)
+    put(RENEW_ENV, renewal.render_renew_env(host, host.certbot, schedule, host.webroot,
                                             ACME_CA if acme_ca_pem is not None else None, credentials), "0600")
-    put(CRON_FILE, renewal.render_cron(host.name, host.renewal))
+    put(CRON_FILE, renewal.render_cron(host.name, schedule))
     if https_sites:
         dhparam = None
         if tls.needs_dhparam(host.tls.profile):
@@ -289,6 +369,7 @@ def desired_state(
                     ),
                 )
             continue
+        start = dict(texts)
         # Edit the site's existing blocks one change at a time, re-reading positions after each.
         for _ in range(4 * len(site.domains) + 4):
             tree = _tree(texts, facts)
@@ -308,11 +389,45 @@ def desired_state(
                 )
         else:  # pragma: no cover - a non-converging edit is a bug, never a user error
             raise PreflightError(f"{host.name}: site {site.name}: nginx edits did not converge")
+        if https and host.tls.hsts_max_age > 0:
+            probe_paths[site.name] = _hsts_in_locations(texts, facts, site)
+        # What the site's files held before certfab, for remove-site (written with the edits themselves).
+        record = origin.updated_origin(
+            origin.parse_origin(facts.owned_files.get(origin.origin_path(site.name)), site.name), site.name,
+            {real[p]: start[p] for p in texts}, {real[p]: texts[p] for p in texts if texts[p] != start[p]},
+        )
+        if record is not None and any(texts[p] != start[p] for p in texts):
+            put(origin.origin_path(site.name), origin.render_origin(record), "0600")
+
+    if any(paths for paths in probe_paths.values()) or any(HSTS_INCLUDE in text for text in texts.values()):
+        put(HSTS_INCLUDE, tls.render_hsts_include(host.tls.hsts_max_age, host.tls.hsts_include_subdomains,
+                                                  host.tls.hsts_preload))
 
     for path, text in texts.items():
         if text != nginx_facts.files[path].text:
             writes[real[path]] = FileWrite(real[path], text, None)
-    return Desired(tuple(writes.values()), https_sites)
+    return Desired(tuple(writes.values()), https_sites, probe_paths)
+
+
+def _hsts_in_locations(texts: dict[str, str], facts: HostFacts, site: Site) -> tuple[str, ...]:
+    """Include certfab's HSTS header in every location of the site's HTTPS blocks that sets headers of
+    its own (nginx drops the server's add_header there); returns request paths into those locations."""
+    paths: list[str] = []
+    done: set[tuple[str, int]] = set()
+    for domain in site.domains:
+        tree = _tree(texts, facts)
+        block = served_block(tree, domain, 443)
+        if block is None or (block.file, block.line) in done or block.is_certfab_redirect:
+            continue
+        done.add((block.file, block.line))
+        texts[block.file] = nginxconf.add_location_includes(texts[block.file], block, HSTS_INCLUDE)
+        block = served_block(_tree(texts, facts), domain, 443)
+        assert block is not None
+        for _, args in nginxconf.header_locations(texts[block.file], block):
+            path = nginxconf.probe_path(args)
+            if path is not None and path not in paths:
+                paths.append(path)
+    return tuple(paths)
 
 
 def _next_edit(

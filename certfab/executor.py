@@ -6,18 +6,21 @@ changes hosts; it is loaded only when a host has something to do.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 from certfab.bootstrap import BootstrapResult
 from certfab.certs import parse_pem
-from certfab.desired import changed_writes, current_files, desired_state
+from certfab.desired import changed_writes, current_files, desired_state, renewal_conf_write
 from certfab.errors import ApplyError, ConnectError
 from certfab.facts import HostFacts
 from certfab.fleet import HostSession
 from certfab.gather import gather, stamp_if_converged, write_stamp
 from certfab.hostlock import HostLock
-from certfab.issue import issue_context, parse_issue_reply
-from certfab.plan import Plan
+from certfab.issue import EXIT_IMAGE_MISSING, issue_context, parse_issue_reply
+from certfab.plan import CertificateDecision, Plan
+from certfab.ratelimit import Order
 from certfab.remote import Remote
 from certfab.stamp import Observed
 from certfab.transaction import (
@@ -35,6 +38,11 @@ from certfab.transaction import (
 )
 from certfab.verify import verify_site
 
+if TYPE_CHECKING:
+    from certfab.history import RateGuard
+
+IMAGE_SCRIPT = "image.sh.j2"
+
 
 def new_run_id() -> str:
     return f"certfab-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
@@ -48,8 +56,9 @@ class HostRun:
     """State of one bootstrap on one host: its remote seam, lock and run id."""
 
     def __init__(self, session: HostSession, *, acme_ca_pem: str | None, now: datetime,
-                 result: BootstrapResult) -> None:
+                 result: BootstrapResult, guard: RateGuard | None = None) -> None:
         self.session = session
+        self.guard = guard
         self.host = session.host
         self.inventory = session.inventory
         self.remote: Remote = session.remote
@@ -146,7 +155,8 @@ class HostRun:
         self._undo_open_journal()
         raise ApplyError(f"{self.host.name}: {reason}; every file was restored and nginx reloaded on the old config")
 
-    def verify(self, sites: list[str], expected: dict[str, str]) -> list[str]:
+    def verify(self, sites: list[str], expected: dict[str, str],
+               probe_paths: Mapping[str, tuple[str, ...]] | None = None) -> list[str]:
         self.session.step("verifying over HTTPS")
         problems: list[str] = []
         for site in self.host.sites:
@@ -157,14 +167,15 @@ class HostRun:
                     expected_sha256=expected.get(site.name),
                     hsts_expected=self.host.tls.hsts_max_age > 0,
                     timeout=self.inventory.ssh.connect_timeout,
+                    paths=(probe_paths or {}).get(site.name, ()),
                 )
         return problems
 
     def switch(self, writes: list[FileWrite], https_sites: list[str], expected: dict[str, str], what: str,
-               *, commit: bool = True) -> None:
+               *, commit: bool = True, probe_paths: Mapping[str, tuple[str, ...]] | None = None) -> None:
         """Apply, verify the HTTPS sites touched, then commit (or leave open) or roll back."""
         self.apply(writes, what)
-        problems = self.verify(https_sites, expected) if https_sites else []
+        problems = self.verify(https_sites, expected, probe_paths) if https_sites else []
         if problems:
             self.rollback("verification failed: " + "; ".join(problems[:3]))
         if commit:
@@ -178,6 +189,31 @@ def expected_fingerprints(facts: HostFacts, issued: dict[str, str]) -> dict[str,
     return result
 
 
+def _pull_image(run: HostRun) -> None:
+    """Pull the certbot image the host lacks, before anything changes; ApplyError when it cannot be had."""
+    host = run.host
+    run.session.step(f"pulling {host.certbot.image}")
+    reply = run.remote.script(IMAGE_SCRIPT, what="pulling the certbot image", runtime=host.certbot.runtime,
+                              image=host.certbot.image, exit_missing=EXIT_IMAGE_MISSING)
+    missing = reply.get("image-missing")
+    if missing is not None or not reply.ok:
+        why = " ".join(missing.text.split()) if missing is not None else reply.last_error_line()
+        raise ApplyError(f"{host.name}: certbot image {host.certbot.image} is missing and could not be pulled: "
+                         f"{''.join(c if c.isprintable() else ' ' for c in why)}")
+    run.result.applied.append(f"pulled {host.certbot.image}")
+
+
+def _admitted_orders(run: HostRun, plan: Plan) -> tuple[tuple[CertificateDecision, ...], list[Order]]:
+    """The plan's orders the rate-limit guard lets through (refusals go to the result), and their records."""
+    if run.guard is None or not plan.orders:
+        return plan.orders, []
+    wanted = [Order(run.host.name, o.site, o.domains, renewal=o.action == "renew") for o in plan.orders]
+    allowed, refused = run.guard.admit(wanted)
+    run.result.refused += refused
+    sites = {order.site for order in allowed}
+    return tuple(o for o in plan.orders if o.site in sites), allowed
+
+
 def execute(run: HostRun, plan: Plan, observed: Observed | None, key: str | None) -> None:
     """Carry out a plan: plumbing (and HTTPS for kept certificates), orders, the HTTPS switch, the stamp."""
     session, host, result = run.session, run.host, run.result
@@ -187,18 +223,21 @@ def execute(run: HostRun, plan: Plan, observed: Observed | None, key: str | None
         if key is not None and observed is not None:
             write_stamp(session.remote, key=key, observed=observed, warnings=result.warnings, now=run.now)
         return
+    orders, admitted = _admitted_orders(run, plan)
+    if orders and not plan.facts_after_plumbing.image_present:
+        _pull_image(run)
     run.take_lock()
     # The host's files before the run, for "created" or "updated" in the recap.
     before = {f.path: f.before for f in plan.files if f.before is not None}
     expected = expected_fingerprints(plan.facts_after_plumbing, {})
     plumbing: list[str] = []
-    orders = plan.orders
     if plan.plumbing_writes:
         # With certificates already on disk this one transaction also carries the HTTPS configuration.
         what = "applying ACME plumbing and HTTPS configuration" if ready else "installing ACME plumbing"
         # With certificates to order, the plumbing stays in this run's open journal until the
         # HTTPS switch has verified, so a failed switch restores every file of the run.
-        run.switch(list(plan.plumbing_writes), sorted(ready), expected, what, commit=not orders)
+        run.switch(list(plan.plumbing_writes), sorted(ready), expected, what, commit=not orders,
+                   probe_paths=plan.probe_paths)
         plumbing = _describe(list(plan.plumbing_writes), before)
         result.applied += plumbing
     if not orders:
@@ -214,6 +253,11 @@ def execute(run: HostRun, plan: Plan, observed: Observed | None, key: str | None
         context=issue_context(run.run_id, host, session.inventory, forced, acme_ca=run.acme_ca_pem is not None),
     )
     issued = parse_issue_reply(issue_reply)
+    if run.guard is not None:
+        for order in admitted:
+            run.guard.settle(order, issued=order.site in issued.issued,
+                             failed_names=issued.failed_validations.get(order.site, ()),
+                             detail="; ".join(f for f in issued.certbot_failures if f.startswith(order.site + ":")))
     if not issued.issued:
         # Nothing to switch to HTTPS: keep the ACME plumbing, so the challenge path can be examined.
         run.commit()
@@ -242,10 +286,16 @@ def execute(run: HostRun, plan: Plan, observed: Observed | None, key: str | None
         desired_b = desired_state(host, session.inventory, facts_a, https_sites=https_now,
                                   acme_ca_pem=run.acme_ca_pem)
         writes_b = expect_as_read(changed_writes(desired_b, facts_a), current_files(facts_a), facts_a.secret_files)
+    # certbot has just written the new lineages' renewal configuration: give each its renewal margin.
+    for name, pem in sorted(issued.issued.items()):
+        conf = renewal_conf_write(name, pem, issued.renewal_confs.get(name, ""))
+        if conf is not None:
+            writes_b.append(conf)
+            before[conf.path] = issued.renewal_confs[name]
     if writes_b:
         try:
             run.switch(writes_b, sorted(https_now), expected_fingerprints(facts_a, issued.issued),
-                       "switching to HTTPS")
+                       "switching to HTTPS", probe_paths=plan.probe_paths)
         except ApplyError as exc:
             # Files are back as they were before this run; the certificates are kept for the next.
             result.applied = [c for c in result.applied if c not in plumbing]

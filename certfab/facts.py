@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from certfab import includes
 from certfab.errors import PreflightError
 from certfab.inventory import Host
+from certfab.origin import ORIGIN_DIR
 from certfab.paths import (
     CRON_FILE,
     DNS_CREDENTIALS_DIR,
@@ -31,6 +32,7 @@ OWNED_GLOBS = (
     (posixpath.dirname(RENEW_SCRIPT), posixpath.basename(RENEW_SCRIPT)),
     (posixpath.dirname(CRON_FILE), posixpath.basename(CRON_FILE)),
     (HOST_CONFIG_DIR, "*"),
+    (ORIGIN_DIR, "*.json"),
 )
 FACTS_SCRIPT = "facts.sh.j2"
 REPORT_SCRIPT = "report.sh.j2"

@@ -24,6 +24,7 @@ import yaml
 
 from certfab import validate
 from certfab.errors import InventoryError
+from certfab.ratelimit import Limits
 from certfab.tlsdefaults import DHPARAM_BITS, HSTS_PRELOAD_MIN_AGE, PROFILES
 
 __all__ = [
@@ -76,6 +77,9 @@ class Site:
     domains: tuple[str, ...]
     root: str | None = None
     upstream: str | None = None
+    # The ACME profile to ask for (None: the CA's default) and whether the order fails without it.
+    profile: str | None = None
+    profile_required: bool = False
     challenge: str = "http-01"
     redirect: bool = True
 
@@ -186,6 +190,9 @@ class AcmeSettings:
     ca_bundle: Path | None
     trust_roots: Path | None
     key_type: str
+    profile: str | None = None
+    profile_required: bool = False
+    rate_limits: Limits = field(default_factory=Limits)
 
 
 @dataclass(frozen=True)
@@ -442,17 +449,20 @@ def _optional_file(r: _Reader, path: FieldPath, value: object) -> Path | None:
 
 _TOP_KEYS = ("version", "ssh", "acme", "defaults", "groups", "hosts")
 _SSH_KEYS = ("known_hosts", "connect_timeout", "command_timeout", "config_file")
-_ACME_KEYS = ("email", "server", "ca_bundle", "trust_roots", "key_type")
+_ACME_KEYS = ("email", "server", "ca_bundle", "trust_roots", "key_type", "profile", "profile_required",
+              "rate_limits")
+_RATE_LIMIT_KEYS = ("per_registered_domain", "per_name_set")
 _SETTING_KEYS = (
-    "user", "port", "key_file", "forward_agent", "jump", "sudo", "webroot", "certbot", "renewal", "tls",
+    "user", "port", "key_file", "forward_agent", "jump", "sudo", "webroot", "certbot", "renewal", "tls", "acme",
     "dns01",
 )
 # Host settings that ssh_config may also give; the inventory's value wins where the inventory sets one.
 SSH_CONFIG_FIELDS = ("user", "port", "key_file", "jump")
 MIN_CONNECT_TIMEOUT = 1.0
 _HOST_KEYS = ("address", "groups", "sites", *_SETTING_KEYS)
-_SITE_KEYS = ("name", "domains", "root", "upstream", "challenge", "redirect")
+_SITE_KEYS = ("name", "domains", "root", "upstream", "acme", "challenge", "redirect")
 _SECTION_KEYS = {
+    "acme": ("profile", "profile_required"),
     "certbot": ("image", "runtime"),
     "renewal": ("admin_email", "times_per_day", "hour", "mail_on_success"),
     "tls": ("profile", "hsts_max_age", "hsts_include_subdomains", "hsts_preload", "dhparam_bits"),
@@ -460,6 +470,8 @@ _SECTION_KEYS = {
 }
 
 RUNTIMES = ("docker", "podman")
+# Let's Encrypt's certificate profiles (tlsclient ended in 2026); null asks for the CA's default.
+ACME_PROFILES = ("classic", "tlsserver", "shortlived")
 KEY_TYPES = ("ecdsa", "rsa")
 
 _Parser = Callable[[_Reader, FieldPath, object], Any]
@@ -517,6 +529,13 @@ def _dns01(r: _Reader, path: FieldPath, merged: Mapping[str, Any], certbot_image
     )
 
 
+def _acme_profile(r: _Reader, path: FieldPath, value: object) -> str | None:
+    """Check an ACME profile: null (the CA's default) or one of ACME_PROFILES."""
+    if value is None:
+        return None
+    return _choice(r, path, value, ACME_PROFILES)
+
+
 def _dhparam(r: _Reader, path: FieldPath, value: object) -> int | None:
     """Check dhparam_bits: null or one of 2048, 3072, 4096."""
     if value is None:
@@ -542,6 +561,8 @@ _SETTING_PARSERS: dict[str, _Parser] = {
     "renewal.hour": lambda r, p, v: _optional_int(r, p, v, 0, 23),
     "renewal.mail_on_success": _bool,
     "tls.profile": lambda r, p, v: _choice(r, p, v, PROFILES),
+    "acme.profile": lambda r, p, v: _acme_profile(r, p, v),
+    "acme.profile_required": _bool,
     "tls.hsts_max_age": lambda r, p, v: _int(r, p, v, 0, 2**31 - 1),
     "tls.hsts_include_subdomains": _bool,
     "tls.hsts_preload": _bool,
@@ -681,6 +702,21 @@ def _acme(r: _Reader, top: Mapping[str, object]) -> AcmeSettings:
         ca_bundle=_optional_file(r, ("acme", "ca_bundle"), body.get("ca_bundle")),
         trust_roots=_optional_file(r, ("acme", "trust_roots"), body.get("trust_roots")),
         key_type=_choice(r, ("acme", "key_type"), body.get("key_type", "ecdsa"), KEY_TYPES),
+        profile=_acme_profile(r, ("acme", "profile"), body.get("profile")),
+        profile_required=_bool(r, ("acme", "profile_required"), body.get("profile_required", False)),
+        rate_limits=_rate_limits(r, body.get("rate_limits")),
+    )
+
+
+def _rate_limits(r: _Reader, value: object) -> Limits:
+    """Validate acme.rate_limits: certificates per 7 days (Let's Encrypt's 50 and 5 unless set)."""
+    path: FieldPath = ("acme", "rate_limits")
+    body = _mapping(r, path, value, _RATE_LIMIT_KEYS)
+    defaults = Limits()
+    return Limits(
+        per_registered_domain=_int(r, path + ("per_registered_domain",),
+                                   body.get("per_registered_domain", defaults.per_registered_domain), 1, 10**6),
+        per_name_set=_int(r, path + ("per_name_set",), body.get("per_name_set", defaults.per_name_set), 1, 10**6),
     )
 
 
@@ -724,6 +760,7 @@ def _site(r: _Reader, path: FieldPath, value: object) -> Site:
     elif challenge == "dns-01":
         # A DNS-01 site needs no port 80: a managed one gets a redirect block only when asked.
         redirect = False
+    own = _settings(r, path, {"acme": body["acme"]}) if "acme" in body else {}
     return Site(
         name=name,
         domains=tuple(domains),
@@ -731,6 +768,9 @@ def _site(r: _Reader, path: FieldPath, value: object) -> Site:
         upstream=None if upstream is None else r.check(path + ("upstream",), upstream, validate.upstream_url),
         challenge=challenge,
         redirect=redirect,
+        # Until _host resolves them: what the site itself says (a key missing here means "inherit").
+        profile=own.get("acme.profile", _INHERIT),
+        profile_required=own.get("acme.profile_required", _INHERIT),
     )
 
 
@@ -770,6 +810,17 @@ def _group_list(r: _Reader, path: FieldPath, value: object, check: Callable[[obj
             r.fail(path + (index,), raw, "is listed twice")
         names.append(name)
     return names
+
+
+# A site's profile setting it does not set itself (resolved by _host from the host, defaults, acme).
+_INHERIT: Any = object()
+
+
+def _resolve_profile(site: Site, merged: Mapping[str, Any]) -> Site:
+    """The site with its ACME profile settings taken from itself, else its host, else defaults and acme."""
+    profile = merged["acme.profile"] if site.profile is _INHERIT else site.profile
+    required = merged["acme.profile_required"] if site.profile_required is _INHERIT else site.profile_required
+    return replace(site, profile=profile, profile_required=required)
 
 
 @dataclass(frozen=True)
@@ -824,7 +875,7 @@ def _host(r: _Reader, name: str, value: object, defaults: Mapping[str, Any]) -> 
         sudo=merged["sudo"],
         webroot=merged["webroot"],
         groups=(),
-        sites=sites,
+        sites=tuple(_resolve_profile(site, merged) for site in sites),
         # certbot renews every lineage of the host in one run: with a DNS-01 site, from the plugin's image.
         certbot=CertbotSettings(image=dns01.image if dns01 is not None else merged["certbot.image"],
                                 runtime=merged["certbot.runtime"]),
@@ -929,7 +980,11 @@ def parse_inventory(data: object, path: Path) -> Inventory:
             r.fail(("version",), version, "is not a supported version (only 1)")
     ssh = _ssh(r, top.get("ssh"))
     acme = _acme(r, top)
-    defaults = _settings(r, ("defaults",), _mapping(r, ("defaults",), top.get("defaults"), _SETTING_KEYS))
+    defaults = {
+        "acme.profile": acme.profile,
+        "acme.profile_required": acme.profile_required,
+        **_settings(r, ("defaults",), _mapping(r, ("defaults",), top.get("defaults"), _SETTING_KEYS)),
+    }
     raw_hosts = _hosts(r, top, defaults)
     _check_jumps(r, raw_hosts)
     groups = _groups(r, top.get("groups"), raw_hosts)

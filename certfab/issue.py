@@ -7,16 +7,28 @@ credentials file certfab installed on the host beforehand (it is mounted read-on
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from certfab.inventory import Host, Inventory, Site
-from certfab.paths import ACME_CA, LETSENCRYPT_LIVE, dns_credentials_path
+from certfab.paths import ACME_CA, LETSENCRYPT_LIVE, dns_credentials_path, renewal_conf
 from certfab.protocol import Reply
 from certfab.transaction import EXITS, ancestors, lock_context
 
 EXIT_SELFTEST_FAILED = 30
 EXIT_IMAGE_MISSING = 31
 EXIT_CERTBOT_FAILED = 32
+
+
+_VERSION = re.compile(r"v?(\d+)\.(\d+)(?:\.\d+)?(?:[-.+].*)?")
+# certbot asks the CA for a profile (--preferred-profile, --required-profile) from this version on.
+PROFILES_FROM = (4, 0)
+
+
+def certbot_version(text: str) -> tuple[int, int] | None:
+    """(major, minor) of a version like `5.8.0`, or of an image's tag like `certbot/certbot:v2.1.0`."""
+    tag = text.rsplit(":", 1)[1] if ":" in text.rsplit("/", 1)[-1] else text
+    match = _VERSION.fullmatch(tag.strip())
+    return (int(match.group(1)), int(match.group(2))) if match else None
 
 
 def container_command(host: Host, *, acme_ca: bool) -> list[str]:
@@ -47,6 +59,9 @@ def certonly_args(site: Site, host: Host, inventory: Inventory, *, force: bool) 
     ]
     if force:
         args.append("--force-renewal")
+    if site.profile is not None:
+        # certbot keeps the profile in the lineage's renewal configuration: renewals ask for it too.
+        args += ["--required-profile" if site.profile_required else "--preferred-profile", site.profile]
     for domain in site.domains:
         args += ["-d", domain]
     return args
@@ -72,6 +87,7 @@ def issue_context(run_id: str, host: Host, inventory: Inventory, orders: list[tu
     """What templates/remote/issue.sh.j2 needs: self-test every domain, then one certbot run per order.
 
     It answers with an `issued` frame (argument: the site, body: the new cert.pem) per certificate,
+    followed by `renewal-conf` (the site; certbot's renewal configuration of the lineage),
     `selftest-failed` (domain; what the probe got), `certbot-failed` (site; the tail of certbot's
     output) or `image-missing` (the pull's last line).
     """
@@ -88,6 +104,7 @@ def issue_context(run_id: str, host: Host, inventory: Inventory, orders: list[tu
         "domains": [domain for site, _force in orders if not site.dns01 for domain in site.domains],
         "orders": [
             {"site": site.name, "cert": f"{LETSENCRYPT_LIVE}/{site.name}/cert.pem",
+             "renewal_conf": renewal_conf(site.name),
              "command": base + certonly_args(site, host, inventory, force=force)}
             for site, force in orders
         ],
@@ -99,16 +116,31 @@ class IssueResult:
     """What the issue script reported: new certificates (public PEM) and failures."""
 
     issued: dict[str, str]
+    renewal_confs: dict[str, str]
     selftest_failures: list[str]
     certbot_failures: list[str]
     image_missing: str | None
+    # Per site: the names the CA failed to validate (certbot's Domain lines), for the back-off.
+    failed_validations: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
-_PROBLEM = re.compile(r"^ *(Domain|Type|Detail): *(.*)$")
+# certbot before 5 says Domain:, later versions Identifier: (names and IP addresses alike).
+_PROBLEM = re.compile(r"^ *(Domain|Identifier|Type|Detail): *(.*)$")
+_NAMED = ("Domain", "Identifier")
 
 
 def _printable(text: str) -> str:
     return "".join(c if c.isprintable() else " " for c in text)
+
+
+def failed_domains(output: str) -> tuple[str, ...]:
+    """The names certbot says the CA could not validate (its `Domain:` lines)."""
+    found = []
+    for line in output.splitlines():
+        match = _PROBLEM.match(_printable(line))
+        if match is not None and match.group(1) in _NAMED and match.group(2).strip():
+            found.append(match.group(2).strip().lower())
+    return tuple(dict.fromkeys(found))
 
 
 def certbot_failure(site: str, output: str) -> str:
@@ -120,9 +152,9 @@ def certbot_failure(site: str, output: str) -> str:
         if match is None:
             continue
         key, value = match.groups()
-        if key == "Domain" or not problems:
+        if key in _NAMED or not problems:
             problems.append({})
-        problems[-1][key] = value.strip()
+        problems[-1]["Domain" if key in _NAMED else key] = value.strip()
     if problems:
         parts = []
         for problem in problems:
@@ -137,11 +169,14 @@ def certbot_failure(site: str, output: str) -> str:
 def parse_issue_reply(reply: Reply) -> IssueResult:
     """The issue script's frames as an IssueResult."""
     issued = {frame.arg: frame.body.decode("ascii", errors="replace") for frame in reply.all("issued")}
+    confs = {frame.arg: frame.body.decode("utf-8", errors="surrogateescape") for frame in reply.all("renewal-conf")}
     selftest = [
         f"{frame.arg}: the challenge probe over http://{frame.arg}/ got {_printable(frame.text)!r}"
         for frame in reply.all("selftest-failed")
     ]
     certbot = [certbot_failure(frame.arg, frame.text) for frame in reply.all("certbot-failed")]
+    failed = {frame.arg: failed_domains(frame.text) for frame in reply.all("certbot-failed")}
     image = reply.get("image-missing")
-    return IssueResult(issued, selftest, certbot,
-                       " ".join(_printable(image.text).split()) if image is not None else None)
+    return IssueResult(issued, confs, selftest, certbot,
+                       " ".join(_printable(image.text).split()) if image is not None else None,
+                       {site: names for site, names in failed.items() if names})

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from certfab.nginx.edits import add_include, convert_to_https, set_redirect_names
+from certfab.nginx.edits import (
+    add_include,
+    add_location_includes,
+    convert_to_https,
+    header_locations,
+    probe_path,
+    set_redirect_names,
+)
 from certfab.nginx.model import (
     HostMatch,
     Listen,
@@ -25,11 +32,14 @@ __all__ = [
     "SiteProblem",
     "TlsDirective",
     "add_include",
+    "add_location_includes",
     "block_for_host",
     "check_sites",
     "convert_to_https",
+    "header_locations",
     "match_host",
     "parse_tree",
+    "probe_path",
     "redirect_marker",
     "set_redirect_names",
 ]

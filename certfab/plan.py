@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import difflib
 import posixpath
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
 from certfab import paths
+from certfab.acmedir import AcmeDirectory, check_profiles
 from certfab.desired import (
     CertAction,
     CertCause,
@@ -23,6 +25,7 @@ from certfab.desired import (
     decide_certificate,
     desired_state,
     preflight,
+    renewal_conf_write,
     updated_facts_files,
 )
 from certfab.errors import PreflightError
@@ -105,6 +108,8 @@ class Plan:
     plumbing_writes: tuple[FileWrite, ...]
     https_writes: tuple[FileWrite, ...]
     facts_after_plumbing: HostFacts
+    # Per site, request paths into locations with headers of their own: verify checks HSTS there too.
+    probe_paths: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def orders(self) -> tuple[CertificateDecision, ...]:
@@ -159,6 +164,7 @@ def purpose(path: str, host: Host, nginx_files: frozenset[str]) -> str:
         paths.RENEW_ENV: "settings of the renewal job",
         paths.RENEW_SCRIPT: "renewal script (certbot renew, nginx -t, reload, mail)",
         paths.CRON_FILE: "renewal cron job",
+        paths.HSTS_INCLUDE: "HSTS header for locations that set headers of their own",
     }
     if path in fixed:
         return fixed[path]
@@ -169,6 +175,8 @@ def purpose(path: str, host: Host, nginx_files: frozenset[str]) -> str:
             return f"HTTPS settings of site {site.name} (certificate, HSTS)"
         if path == managed_site_path(site.name):
             return f"server blocks of managed site {site.name}"
+        if path == paths.renewal_conf(site.name):
+            return f"certbot's renewal settings of {site.name} (renewal margin from the certificate's lifetime)"
     if posixpath.basename(path).startswith("ffdhe"):
         return "Diffie-Hellman group for the TLS settings"
     if path in nginx_files:
@@ -177,17 +185,19 @@ def purpose(path: str, host: Host, nginx_files: frozenset[str]) -> str:
 
 
 def make_plan(host: Host, inventory: Inventory, facts: HostFacts, *, now: datetime,
-              acme_ca_pem: str | None) -> Plan:
+              acme_ca_pem: str | None, directory: AcmeDirectory | None = None) -> Plan:
     """The plan for one host from its facts. Raises PreflightError when the host cannot be handled.
 
     Every edit up to full HTTPS is computed here, before a file is written or a certificate ordered:
     a site whose HTTPS conversion is impossible is refused now, not after an order.
     """
     warnings = list(preflight(host, facts))
+    # Before any change: a required profile the CA lacks stops the host here.
+    warnings += check_profiles(host, directory)
     recover = bool(facts.journal.strip())
     if recover:
         warnings.insert(0, f"{host.name}: an unfinished earlier run will be rolled back first")
-    decisions = {s.name: decide_certificate(s, facts, now) for s in host.sites}
+    decisions = {s.name: decide_certificate(s, facts, now, inventory.acme) for s in host.sites}
     ready = frozenset(name for name, d in decisions.items() if not d.needs_order)
     before = current_files(facts)
     try:
@@ -195,6 +205,13 @@ def make_plan(host: Host, inventory: Inventory, facts: HostFacts, *, now: dateti
             changed_writes(desired_state(host, inventory, facts, https_sites=ready, acme_ca_pem=acme_ca_pem), facts),
             before, facts.secret_files,
         )
+        # Lineages kept now get their renewal margin here; new ones once certbot has written their file.
+        for name in sorted(ready):
+            lineage = facts.lineages.get(name)
+            conf = renewal_conf_write(name, lineage.cert_pem, lineage.renewal_conf) if lineage else None
+            if conf is not None:
+                plumbing.append(conf)
+                before[conf.path] = lineage.renewal_conf if lineage else ""
         after_plumbing = updated_facts_files(facts, plumbing)
         full = desired_state(host, inventory, after_plumbing, https_sites=frozenset(s.name for s in host.sites),
                              acme_ca_pem=acme_ca_pem)
@@ -231,4 +248,5 @@ def make_plan(host: Host, inventory: Inventory, facts: HostFacts, *, now: dateti
         plumbing_writes=tuple(plumbing),
         https_writes=tuple(https),
         facts_after_plumbing=after_plumbing,
+        probe_paths=full.probe_paths,
     )

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 
-from certfab.certs import RENEW_FRACTION, parse_pem
+from certfab.certs import parse_pem
 from certfab.facts import ConfigFile, HostFacts, facts_context, parse_facts
 from certfab.inventory import Host, Inventory
 from certfab.paths import CRON_FILE, HOST_CONFIG_DIR, LETSENCRYPT_LIVE, RENEW_SCRIPT, STATE_DIR
@@ -145,7 +145,7 @@ def recheck_time(host: Host, facts: HostFacts, now: datetime) -> datetime:
             info = parse_pem(lineage.cert_pem)
         except ValueError:
             return now
-        latest = min(latest, info.not_after - info.lifetime * RENEW_FRACTION)
+        latest = min(latest, info.renew_at)
     return latest
 
 

@@ -373,6 +373,13 @@ def hsts_value(max_age: int, include_subdomains: bool, preload: bool) -> str | N
     return "; ".join(parts)
 
 
+def render_hsts_include(max_age: int, include_subdomains: bool, preload: bool) -> str:
+    """Render /etc/nginx/certfab/hsts.conf: the HSTS header alone, for locations with headers of their own."""
+    if hsts_value(max_age, include_subdomains, preload) is None:
+        raise InventoryError("tls.hsts_max_age is 0: there is no HSTS header to include")
+    return render("hsts.conf.j2", max_age=max_age, include_subdomains=include_subdomains, preload=preload)
+
+
 def render_site_include(
     site_name: str,
     domains: Sequence[str],

@@ -67,14 +67,16 @@ class FileWrite:
     """A file's complete desired content; mode None keeps the existing file's mode and owner.
 
     expected_sha256 is what the file held when its facts were read: a sha256, ABSENT (it must not
-    exist), or None (not checked). A secret's content is never read back, shown or diffed: facts
-    carry only its sha256.
+    exist), or None (not checked). `remove` deletes the file instead (content unused); the journal
+    keeps it until the commit, so a rollback puts it back. A secret's content is never read back,
+    shown or diffed: facts carry only its sha256.
     """
 
     path: str
     content: str = field(repr=False)
     mode: str | None = "0644"
     expected_sha256: str | None = None
+    remove: bool = False
     secret: bool = False
 
 
@@ -129,6 +131,7 @@ class StagedWrite:
     mode: str | None
     expected: str | None
     journaled: bool
+    remove: bool = False
 
 
 def _staged(write: FileWrite, journaled: bool) -> StagedWrite:
@@ -143,8 +146,10 @@ def _staged(write: FileWrite, journaled: bool) -> StagedWrite:
     if expected is not None and expected != ABSENT and not _SHA256.fullmatch(expected):
         raise ValueError(f"{write.path}: expected_sha256 {expected!r} is not a sha256")
     content = write.content.encode("utf-8", errors="surrogateescape")
+    if write.remove and (expected is None or expected == ABSENT or journaled):
+        raise ValueError(f"{write.path}: a removal needs the sha256 of the file as read")
     return StagedWrite(write.path, hidden_path(write.path, "new"), hidden_path(write.path, "backup"),
-                       content, len(content), write.mode, expected, journaled)
+                       content, len(content), write.mode, expected, journaled, write.remove)
 
 
 def apply_context(run_id: str, writes: list[FileWrite], *, test_and_reload: bool = True,

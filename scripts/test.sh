@@ -10,5 +10,5 @@ fi
 .venv/bin/python -m ruff check certfab tasks tests
 .venv/bin/python -m mypy
 .venv/bin/python -m pytest -q tests/unit
-.venv/bin/inv lab.up --hosts 27
+.venv/bin/inv lab.up --hosts 28 --podman 1
 CERTFAB_LAB_KEEP=1 .venv/bin/python -m pytest -q -x tests/lab "$@"

@@ -2,10 +2,12 @@
 
 from invoke.collection import Collection
 
-from tasks import hosts, lab
+from tasks import hosts, lab, lifecycle
 
 ns = Collection()
 for name in hosts.__all__:
     ns.add_task(getattr(hosts, name))
+for name in lifecycle.__all__:
+    ns.add_task(getattr(lifecycle, name))
 ns.add_collection(lab.ns, name="lab")
 ns.configure({"run": {"echo": False}})

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from certfab.renewal_status import RenewalStatus
     from certfab.report import CertRecord
 
-__all__ = ["bootstrap", "deploy_all", "facts", "plan", "renew_now", "report_expiry"]
+__all__ = ["bootstrap", "deploy_all", "facts", "history", "plan", "renew_now", "report_expiry"]
 
 _HELP = {
     "inventory": "inventory file (default: $CERTFAB_INVENTORY or ./inventory.yaml)",
@@ -36,6 +36,8 @@ _HELP = {
     "smtp": "SMTP server for --mail as HOST[:PORT] (default: $CERTFAB_SMTP or localhost:25)",
     "warn_days": "warn below this many days left (default: below 30% of the lifetime)",
     "critical_days": "critical below this many days left (default: below 15% of the lifetime)",
+    "force": "order even within the back-off after a failed validation (rate limits still apply)",
+    "days": "how many days of history to show (default 7)",
 }
 
 
@@ -77,7 +79,8 @@ def facts(c: Context, inventory: str | None = None, limit: str | None = None, ac
 
 
 def _bootstrap_fleet(c: Context, hosts: tuple[Host, ...], inv: Inventory, *, check: bool, accept_new: bool,
-                     parallel: int, json_: bool, canary: int = 0, title: str = "bootstrap") -> None:
+                     parallel: int, json_: bool, canary: int = 0, title: str = "bootstrap",
+                     force: bool = False) -> None:
     """Bootstrap (or plan) hosts in parallel, print the recap and exit with its status."""
     from certfab.bootstrap import bootstrap_host, read_acme_ca
     from certfab.cli import LiveProgress, OptionError, exit_with, fabric_config, say, stderr, stdout
@@ -90,11 +93,21 @@ def _bootstrap_fleet(c: Context, hosts: tuple[Host, ...], inv: Inventory, *, che
     if canary < 0:
         raise OptionError(f"--canary: {canary} is not a number of hosts")
     acme_ca = read_acme_ca(inv.acme.ca_bundle)
+    directory = None
+    if any(site.profile is not None for host in hosts for site in host.sites):
+        from certfab.acmefetch import fetch_directory
+
+        directory = fetch_directory(inv.acme.server, inv.acme.ca_bundle)
+    guard = None
+    if not check:
+        from certfab.history import History, RateGuard
+
+        guard = RateGuard(History(), inv.acme.rate_limits, force=force)
     config = fabric_config(c)
     stop = Stop()
 
     def pipeline(session: HostSession) -> BootstrapResult:
-        return bootstrap_host(session, check=check, acme_ca_pem=acme_ca)
+        return bootstrap_host(session, check=check, acme_ca_pem=acme_ca, directory=directory, guard=guard)
 
     # Ctrl-C starts no new host; running ones finish (commit or roll back) and the recap says so.
     with ctrl_c_stops(stop), LiveProgress([h.name for h in hosts], title) as progress:
@@ -130,20 +143,45 @@ def _bootstrap_fleet(c: Context, hosts: tuple[Host, ...], inv: Inventory, *, che
 
                 stderr.print(f"[yellow]warning:[/] {escape(for_terminal(warning))}", highlight=False, emoji=False)
         stdout.print(recap_table(rows, f"{title} recap"))
+    refused = [line for o in outcomes if o.value is not None for line in o.value.refused]
+    for line in refused:
+        sys.stderr.write(for_terminal(line) + "\n")
     say(f"run log: {log}")
-    exit_with(fleet_exit_code(outcomes, interrupted=interrupted))
+    exit_with(max(fleet_exit_code(outcomes, interrupted=interrupted), 1 if refused else 0))
 
 
-@task(help=helps("inventory", "limit", "accept_new", "json", "parallel", "check"))
+@task(help=helps("inventory", "limit", "accept_new", "json", "parallel", "check", "force"))
 @reports_errors
 def bootstrap(c: Context, inventory: str | None = None, limit: str | None = None, check: bool = False,
-              accept_new: bool = False, json_: bool = False, parallel: int = 10) -> None:
+              accept_new: bool = False, json_: bool = False, parallel: int = 10, force: bool = False) -> None:
     """Set up ACME, certificates, strong HTTPS and renewal on hosts (idempotent, transactional)."""
     from certfab.cli import inventory_for, target_hosts
 
     inv = inventory_for(c, inventory)
     _bootstrap_fleet(c, target_hosts(c, inv, limit), inv, check=check, accept_new=accept_new,
-                     parallel=parallel, json_=json_)
+                     parallel=parallel, json_=json_, force=force)
+
+
+@task(help=helps("json", "days"))
+@reports_errors
+def history(c: Context, json_: bool = False, days: int = 7) -> None:
+    """List the orders, issuances, failed validations and refusals certfab recorded on this machine."""
+    from datetime import datetime, timedelta, timezone
+
+    from certfab.cli import OptionError
+    from certfab.history import History, event_row, history_lines
+    from certfab.textsafe import for_terminal
+
+    if days < 1:
+        raise OptionError(f"--days: {days} is not a positive number of days")
+    store = History()
+    events = store.events(datetime.now(timezone.utc) - timedelta(days=days))
+    if json_:
+        sys.stdout.write(json.dumps({"path": str(store.path), "events": [event_row(e) for e in events]},
+                                    indent=2) + "\n")
+        return
+    sys.stdout.write(f"history: {store.path} ({len(events)} events in the last {days} days)\n")
+    sys.stdout.writelines(for_terminal(line) + "\n" for line in history_lines(events))
 
 
 @task(help=helps("inventory", "limit", "accept_new", "json", "parallel"))
@@ -158,17 +196,18 @@ def plan(c: Context, inventory: str | None = None, limit: str | None = None, acc
                      parallel=parallel, json_=json_, title="plan")
 
 
-@task(help=helps("inventory", "limit", "accept_new", "json", "parallel", "check", "canary"))
+@task(help=helps("inventory", "limit", "accept_new", "json", "parallel", "check", "canary", "force"))
 @reports_errors
 def deploy_all(c: Context, inventory: str | None = None, limit: str | None = None, parallel: int = 20,
-               canary: int = 0, check: bool = False, accept_new: bool = False, json_: bool = False) -> None:
+               canary: int = 0, check: bool = False, accept_new: bool = False, json_: bool = False,
+               force: bool = False) -> None:
     """Bootstrap every inventory host (or --limit) in parallel, with progress and a recap."""
     from certfab.cli import inventory_for
 
     inv = inventory_for(c, inventory)
     hosts = inv.select(limit)
     _bootstrap_fleet(c, hosts, inv, check=check, accept_new=accept_new, parallel=parallel, json_=json_,
-                     canary=canary, title="deploy-all")
+                     canary=canary, title="deploy-all", force=force)
 
 
 @task(help=helps("inventory", "limit", "accept_new", "json", "parallel"))

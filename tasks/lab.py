@@ -25,13 +25,16 @@ def _progress() -> Progress:
     return say
 
 
-@task(help={"hosts": "number of test hosts web1..webN (1-50, default 2)"})
+@task(help={"hosts": "number of test hosts web1..webN (1-50, default 2)",
+            "cert-lifetime": "validity of the certificates Pebble issues, e.g. 160h or 45d (default 90d)",
+            "podman": "make the last K hosts run podman instead of dockerd (default 0)"})
 @reports_errors
-def up(c: Context, hosts: int = 2) -> None:
+def up(c: Context, hosts: int = 2, cert_lifetime: str = "90d", podman: int = 0) -> None:
     """Bring up the lab: bridge, Pebble, DNS, SMTP and N hosts; writes lab/inventory.yaml."""
     from certfab import lab
+    from certfab.lab.pebble import parse_lifetime
 
-    info = lab.up(hosts, progress=_progress())
+    info = lab.up(hosts, progress=_progress(), cert_lifetime=parse_lifetime(cert_lifetime), podman=podman)
     print(f"lab up: {', '.join(f'{h.name}={h.address}' for h in info.hosts)}; inventory {info.inventory}")
 
 

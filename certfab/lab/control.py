@@ -51,6 +51,8 @@ class LabInfo:
     pebble_log: Path
     mail_dir: Path
     log_dir: Path
+    # Hosts that run podman instead of dockerd (the last ones of the lab).
+    podman_hosts: tuple[str, ...] = ()
 
     @property
     def host_names(self) -> tuple[str, ...]:
@@ -76,8 +78,8 @@ def _repo(repo_dir: Path | str | None) -> Path:
     return Path(repo_dir).resolve() if repo_dir is not None else default_repo_dir()
 
 
-def lab_info(count: int, repo_dir: Path | str | None = None) -> LabInfo:
-    """LabInfo for a lab of `count` hosts whose files live in <repo_dir>/lab."""
+def lab_info(count: int, repo_dir: Path | str | None = None, podman: int = 0) -> LabInfo:
+    """LabInfo for a lab of `count` hosts (the last `podman` of them podman hosts) in <repo_dir>/lab."""
     repo = _repo(repo_dir)
     lab_dir = repo / "lab"
     names = [layout.host_name(i) for i in range(1, count + 1)]
@@ -99,6 +101,7 @@ def lab_info(count: int, repo_dir: Path | str | None = None) -> LabInfo:
         pebble_log=layout.PEBBLE_LOG,
         mail_dir=layout.MAIL_DIR,
         log_dir=layout.LOG_DIR,
+        podman_hosts=tuple(names[len(names) - podman:]) if podman else (),
     )
 
 
@@ -133,10 +136,10 @@ def _state_info() -> LabInfo | None:
     state = _read_state()
     if state is None:
         return None
-    count, repo = state.get("hosts"), state.get("repo_dir")
-    if not isinstance(count, int) or not isinstance(repo, str):
+    count, repo, podman = state.get("hosts"), state.get("repo_dir"), state.get("podman", 0)
+    if not isinstance(count, int) or not isinstance(repo, str) or not isinstance(podman, int):
         return None
-    return lab_info(count, repo)
+    return lab_info(count, repo, podman)
 
 
 def _problems(info: LabInfo) -> list[str]:
@@ -192,7 +195,7 @@ def _is_lab_service(pid: int) -> bool:
     return "aiosmtpd" in args and str(layout.MAIL_DIR) in args
 
 
-_HOST_TREE_MARKERS = (f"{layout.HOSTS_DIR}/", f"{layout.DOCKER_CACHE}/")
+_HOST_TREE_MARKERS = (f"{layout.HOSTS_DIR}/", f"{layout.DOCKER_CACHE}/", f"{layout.PODMAN_CACHE}/")
 
 
 def _teardown(say: Progress) -> None:
@@ -275,28 +278,42 @@ def _seed_and_bring_up(name: str, authorized_key: str, identity: str) -> None:
     hostops.ensure_image(name)
 
 
-def up(hosts: int = 2, repo_dir: Path | str | None = None, *, progress: Progress | None = None) -> LabInfo:
-    """Bring up a lab of `hosts` hosts (reusing a healthy one of that size); return its info."""
+def up(hosts: int = 2, repo_dir: Path | str | None = None, *, progress: Progress | None = None,
+       cert_lifetime: int = layout.CERTIFICATE_VALIDITY_SECONDS, podman: int = 0) -> LabInfo:
+    """Bring up a lab of `hosts` hosts (reusing a healthy one of that shape); return its info.
+
+    cert_lifetime is the validity (seconds) of the certificates Pebble issues; the last `podman` hosts
+    run podman instead of dockerd.
+    """
     say: Progress = progress or (lambda _message: None)
     _require_root()
     if not 1 <= hosts <= layout.MAX_HOSTS:
         raise LabError(f"a lab has 1 to {layout.MAX_HOSTS} hosts, not {hosts}")
+    if not 0 <= podman <= hosts:
+        raise LabError(f"--podman {podman}: between 0 and the number of hosts ({hosts})")
     repo = _repo(repo_dir)
     with _locked():
         current = running(repo)
-        if current is not None and len(current.hosts) == hosts:
+        if current is not None and len(current.hosts) == hosts and len(current.podman_hosts) == podman:
             say(f"lab already up with {hosts} hosts")
+            if pebble.configured_lifetime() != cert_lifetime:
+                say(f"restarting Pebble with {cert_lifetime} s certificates")
+                _restart_pebble(cert_lifetime, current)
             return current
         started = time.monotonic()
         packages.ensure_packages(say)
         image.discard_stale_rootfs()
         with ThreadPoolExecutor(max_workers=min(32, hosts + 4)) as pool:
-            if not layout.ROOTFS_TAR.is_file():
-                say(f"building the certbot image (debootstrap) into {layout.ROOTFS_TAR}")
-            rootfs: Future[Path] = pool.submit(image.ensure_rootfs_tar)
+            for tag, tar in layout.IMAGES:
+                if not tar.is_file():
+                    say(f"building the {tag} image (debootstrap) into {tar}")
+            rootfs: Future[tuple[Path, ...]] = pool.submit(image.ensure_images)
             _teardown(say)
-            info = lab_info(hosts, repo)
+            info = lab_info(hosts, repo, podman)
             names = list(info.host_names)
+            for name in names:
+                layout.runtime_file(name).parent.mkdir(parents=True, exist_ok=True)
+                layout.runtime_file(name).write_text("podman\n" if name in info.podman_hosts else "docker\n")
             if layout.LOG_DIR.exists():
                 shutil.rmtree(layout.LOG_DIR)
             for directory in (layout.RUN_DIR, layout.LOG_DIR, layout.HOSTS_DIR, layout.PEBBLE_DIR):
@@ -306,7 +323,7 @@ def up(hosts: int = 2, repo_dir: Path | str | None = None, *, progress: Progress
             layout.AUTHORIZED_KEYS.write_text(client_key + "\n")
             host_keys = {layout.host_address(layout.host_index(n)): hostops.ensure_host_key(n) for n in names}
             pebble.ensure_tls()
-            pebble.write_config()
+            pebble.write_config(cert_lifetime)
             say(
                 f"network: bridge {layout.BRIDGE} {layout.BRIDGE_ADDRESS}/{layout.PREFIX_LEN}, {len(names)} hosts"
             )
@@ -318,6 +335,8 @@ def up(hosts: int = 2, repo_dir: Path | str | None = None, *, progress: Progress
             stale = [name for name in names if not storage.host_ready(name, identity)]
             for name in stale:
                 storage.wipe(name)
+            # The seed is a docker storage: podman hosts import the images themselves at their first start.
+            stale = [name for name in stale if name not in info.podman_hosts]
             if stale and storage.seed_ready(identity):
                 assert identity is not None
                 say(f"seeding the certbot image into {_names(stale)}")
@@ -330,7 +349,7 @@ def up(hosts: int = 2, repo_dir: Path | str | None = None, *, progress: Progress
             jobs += [pool.submit(_bring_up_host, name, client_key) for name in first]
             _first_error(jobs)
             say(f"{_names(first)} answer SSH and HTTP")
-            if not layout.ROOTFS_TAR.is_file():
+            if storage.image_identity() is None:
                 say("waiting for the certbot image build")
             rootfs.result()
             identity = storage.image_identity()
@@ -343,8 +362,8 @@ def up(hosts: int = 2, repo_dir: Path | str | None = None, *, progress: Progress
                 _first_error([pool.submit(_seed_and_bring_up, name, client_key, identity) for name in later])
         files.write_pebble_root(info.lab_dir, pebble.fetch_root())
         files.write_dns_credentials(info.lab_dir, dns.credentials_text())
-        files.write_lab_files(info.lab_dir, names, host_keys, pebble.CA_CERT.read_bytes())
-        layout.STATE_FILE.write_text(json.dumps({"hosts": hosts, "repo_dir": str(repo)}) + "\n")
+        files.write_lab_files(info.lab_dir, names, host_keys, pebble.CA_CERT.read_bytes(), info.podman_hosts)
+        layout.STATE_FILE.write_text(json.dumps({"hosts": hosts, "repo_dir": str(repo), "podman": podman}) + "\n")
         say(f"lab up in {time.monotonic() - started:.1f} s; inventory: {info.inventory}")
         return info
 
@@ -453,6 +472,21 @@ def stop_pebble() -> None:
     pebble.stop_pebble()
 
 
+def _restart_pebble(lifetime_seconds: int, info: LabInfo | None) -> None:
+    """Pebble again with another certificate lifetime (accounts, orders and its root are new)."""
+    pebble.stop_pebble()
+    pebble.write_config(lifetime_seconds)
+    pebble.start_pebble()
+    if info is not None:
+        files.write_pebble_root(info.lab_dir, pebble.fetch_root())
+
+
+def set_cert_lifetime(lifetime_seconds: int) -> None:
+    """Restart Pebble so it issues certificates valid for that many seconds (a no-op when it already does)."""
+    if pebble.configured_lifetime() != lifetime_seconds or proc.live_pid(layout.pid_file("pebble")) is None:
+        _restart_pebble(lifetime_seconds, _state_info())
+
+
 def start_pebble() -> None:
     """Start Pebble again and write its new issuing root to <repo>/lab/pebble-root.pem."""
     if proc.live_pid(layout.pid_file("pebble")) is None:
@@ -532,6 +566,10 @@ class Lab:
     def start_pebble(self) -> None:
         """Start Pebble and rewrite lab/pebble-root.pem."""
         start_pebble()
+
+    def set_cert_lifetime(self, lifetime_seconds: int) -> None:
+        """Restart Pebble with another certificate lifetime."""
+        set_cert_lifetime(lifetime_seconds)
 
     def set_dns(self, name: str, *addresses: str) -> None:
         """Point a lab name at these addresses (several: round robin; none: removed)."""

@@ -38,7 +38,7 @@ def known_hosts_text(host_keys: dict[str, str]) -> str:
     return "".join(f"{address} {key}\n" for address, key in sorted(host_keys.items()))
 
 
-def inventory_text(hosts: list[str], lab_dir: Path | None = None) -> str:
+def inventory_text(hosts: list[str], podman_hosts: tuple[str, ...] = (), lab_dir: Path | None = None) -> str:
     """The lab inventory (see INVENTORY format): Pebble as ACME server, every host in group `lab`.
 
     DNS-01 goes through the lab DNS with the rfc2136 plugin of the lab's certbot image, so a lab site
@@ -57,6 +57,8 @@ def inventory_text(hosts: list[str], lab_dir: Path | None = None) -> str:
         f"  server: {layout.ACME_DIRECTORY}",
         f"  ca_bundle: {layout.LAB_FILES['pebble_ca']}",
         f"  trust_roots: {layout.LAB_FILES['pebble_root']}",
+        "  # Pebble enforces no rate limits, and the tests order the same names many times a day.",
+        "  rate_limits: {per_registered_domain: 100000, per_name_set: 100000}",
         "defaults:",
         "  user: root",
         f"  key_file: {layout.LAB_FILES['key_file']}",
@@ -78,6 +80,7 @@ def inventory_text(hosts: list[str], lab_dir: Path | None = None) -> str:
         lines += [
             f"  {name}:",
             f"    address: {layout.host_address(layout.host_index(name))}",
+            *(["    certbot: {runtime: podman}"] if name in podman_hosts else []),
             "    sites:",
             f"      - name: {name}",
             f"        domains: [{', '.join(layout.host_domains(name))}]",
@@ -85,11 +88,12 @@ def inventory_text(hosts: list[str], lab_dir: Path | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_lab_files(lab_dir: Path, hosts: list[str], host_keys: dict[str, str], ca_pem: bytes) -> None:
+def write_lab_files(lab_dir: Path, hosts: list[str], host_keys: dict[str, str], ca_pem: bytes,
+                    podman_hosts: tuple[str, ...] = ()) -> None:
     """Write the inventory, known_hosts and the lab CA next to the client key."""
     _atomic_write(lab_dir / layout.LAB_FILES["known_hosts"], known_hosts_text(host_keys))
     _atomic_write(lab_dir / layout.LAB_FILES["pebble_ca"], ca_pem)
-    _atomic_write(lab_dir / layout.LAB_FILES["inventory"], inventory_text(hosts, lab_dir))
+    _atomic_write(lab_dir / layout.LAB_FILES["inventory"], inventory_text(hosts, podman_hosts, lab_dir))
 
 
 def write_dns_credentials(lab_dir: Path, text: str) -> None:

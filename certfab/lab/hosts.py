@@ -72,15 +72,17 @@ _INDEX = """\
 
 def _init_script() -> str:
     """The host's init: private mounts, hostname, daemons, then sshd in the foreground."""
-    dirs = " ".join(shlex.quote(d) for d in layout.PRIVATE_DIRS if d != layout.DOCKER_DIR)
+    kept = (layout.DOCKER_DIR, layout.PODMAN_DIR)
+    dirs = " ".join(shlex.quote(d) for d in layout.PRIVATE_DIRS if d not in kept)
     files = " ".join(shlex.quote(f) for f in layout.PRIVATE_FILES)
     return f"""\
 set -u
-fs=$1 files=$2 name=$3 sshd_config=$4 dockerd_log=$5 docker_dir=$6
+fs=$1 files=$2 name=$3 sshd_config=$4 dockerd_log=$5 docker_dir=$6 podman_dir=$7 runtime=$8
 for dir in {dirs}; do
     mount --bind "$fs$dir" "$dir" || exit 1
 done
 mount --bind "$docker_dir" {shlex.quote(layout.DOCKER_DIR)} || exit 1
+mount --bind "$podman_dir" {shlex.quote(layout.PODMAN_DIR)} || exit 1
 for file in {files}; do
     mount --bind "$files/${{file##*/}}" "$file" || exit 1
 done
@@ -89,8 +91,10 @@ hostname "$name" || exit 1
 cd /
 /usr/sbin/nginx || echo "lab: nginx did not start" >&2
 /usr/sbin/cron || echo "lab: cron did not start" >&2
-/usr/sbin/dockerd --bridge=none --iptables=false --ip6tables=false \\
-    -H unix:///run/docker.sock --pidfile /run/docker.pid </dev/null >>"$dockerd_log" 2>&1 &
+if [ "$runtime" = docker ]; then
+    /usr/sbin/dockerd --bridge=none --iptables=false --ip6tables=false \\
+        -H unix:///run/docker.sock --pidfile /run/docker.pid </dev/null >>"$dockerd_log" 2>&1 &
+fi
 exec /usr/sbin/sshd -D -e -f "$sshd_config"
 """
 
@@ -145,6 +149,7 @@ def ensure_mountpoints() -> None:
     for file in layout.PRIVATE_FILES:
         path = Path(file)
         if not path.exists():
+            path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
             path.touch(mode=0o644)
 
 
@@ -217,6 +222,8 @@ def populate(name: str, authorized_key: str) -> None:
     _write(files / "resolv.conf", f"nameserver {layout.BRIDGE_ADDRESS}\n")
     _write(files / "hostname", f"{name}\n")
     _write(files / "crontab", _CRONTAB)
+    _write(files / "containers.conf", layout.CONTAINERS_CONF)
+    layout.podman_storage(name).mkdir(mode=0o700, parents=True, exist_ok=True)
     _write(
         files / "msmtprc",
         "defaults\naccount default\n"
@@ -269,6 +276,8 @@ def start(name: str) -> None:
         str(config),
         str(layout.LOG_DIR / f"{name}-dockerd.log"),
         str(layout.docker_storage(name)),
+        str(layout.podman_storage(name)),
+        layout.host_runtime(name),
     ]
     pid = proc.spawn(argv, log=layout.LOG_DIR / f"{name}.log")
     proc.write_pid_file(layout.pid_file(name), proc.record(pid))
@@ -306,7 +315,8 @@ def wait_ready(name: str, *, require_http: bool = True, timeout: float = 60) -> 
         return (
             proc.port_open(address, 22)
             and (not require_http or proc.port_open(address, 80))
-            and _docker_answers(name)
+            # podman has no daemon to wait for
+            and (layout.host_runtime(name) == "podman" or _docker_answers(name))
         )
 
     proc.wait_for(f"lab host {name}", ready, timeout=timeout)
@@ -355,29 +365,30 @@ def exec_in(
 
 
 def ensure_image(name: str, progress: Callable[[str], None] | None = None) -> bool:
-    """Make the host's dockerd hold the current certbot image and no containers; True if it imported."""
-    leftovers = exec_in(name, ["docker", "ps", "-aq"]).stdout.split()
+    """Make the host's runtime hold every lab certbot image and no containers; True if it imported."""
+    runtime = layout.host_runtime(name)
+    leftovers = exec_in(name, [runtime, "ps", "-aq"]).stdout.split()
     if leftovers:
-        exec_in(name, ["docker", "rm", "-f", *leftovers])
+        exec_in(name, [runtime, "rm", "-f", *leftovers])
     identity = storage.image_identity()
     if identity is None:
-        raise LabError(f"{layout.ROOTFS_TAR} is missing; run `inv lab.up` to build it")
-    inspect = ["docker", "image", "inspect", "--format", "{{.Id}}", layout.CERTBOT_IMAGE]
-    present = exec_in(name, inspect, check=False).returncode == 0
-    if present and storage.host_ready(name, identity):
-        return False
-    if present:
-        exec_in(name, ["docker", "rmi", "-f", layout.CERTBOT_IMAGE])
-    if progress is not None:
-        progress(f"{name}: importing {layout.CERTBOT_IMAGE} from {layout.ROOTFS_TAR}")
-    change = 'ENTRYPOINT ["certbot"]'
-    exec_in(
-        name,
-        ["docker", "import", "--change", change, str(layout.ROOTFS_TAR), layout.CERTBOT_IMAGE],
-        timeout=600,
-    )
+        raise LabError("a certbot rootfs tar is missing; run `inv lab.up` to build it")
+    ready = storage.host_ready(name, identity)
+    imported = False
+    for tag, tar in layout.IMAGES:
+        inspect = [runtime, "image", "inspect", "--format", "{{.Id}}", tag]
+        present = exec_in(name, inspect, check=False).returncode == 0
+        if present and ready:
+            continue
+        if present:
+            exec_in(name, [runtime, "rmi", "-f", tag])
+        if progress is not None:
+            progress(f"{name}: importing {tag} from {tar} ({runtime})")
+        change = 'ENTRYPOINT ["certbot"]'
+        exec_in(name, [runtime, "import", "--change", change, str(tar), tag], timeout=600)
+        imported = True
     storage.mark_imported(name, identity)
-    return True
+    return imported
 
 
 def host_path(name: str, path: str) -> Path:

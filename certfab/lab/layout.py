@@ -19,9 +19,28 @@ PEBBLE_LOG = STATE_DIR / "pebble.log"
 STATE_FILE = STATE_DIR / "state.json"
 LOCK_FILE = STATE_DIR / "lock"
 AUTHORIZED_KEYS = STATE_DIR / "authorized_keys"
+# Debian's certbot (2.1), for hosts pinned to an old certbot; the name predates the second image.
 ROOTFS_TAR = CACHE_DIR / "certbot-rootfs.tar"
+# The current certbot from PyPI; its wheels are kept so the image rebuilds offline.
+CURRENT_CERTBOT_VERSION = "5.8.0"
+CURRENT_ROOTFS_TAR = CACHE_DIR / f"certbot-{CURRENT_CERTBOT_VERSION}-rootfs.tar"
+CURRENT_WHEELS = CACHE_DIR / f"wheels-certbot-{CURRENT_CERTBOT_VERSION}"
 # Each host's /var/lib/docker: a cache kept across runs, so the certbot image is imported only once.
 DOCKER_CACHE = CACHE_DIR / "docker"
+# The same for hosts that run podman instead of dockerd (their /var/lib/containers).
+PODMAN_CACHE = CACHE_DIR / "podman"
+RUNTIMES = ("docker", "podman")
+# podman needs these here: no CAP_SYS_RESOURCE to raise limits, no systemd for cgroups or events.
+CONTAINERS_CONF = """\
+[containers]
+default_ulimits = ["nofile=20000:20000", "nproc=1024:1024"]
+log_driver = "k8s-file"
+
+[engine]
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+runtime = "runc"
+"""
 
 BRIDGE = "br-certfab"
 BRIDGE_ADDRESS = "10.77.0.1"
@@ -34,7 +53,13 @@ ACME_PORT = 14000
 MANAGEMENT_PORT = 15000
 SMTP_PORT = 25
 ACME_DIRECTORY = f"https://{BRIDGE_ADDRESS}:{ACME_PORT}/dir"
-CERTBOT_IMAGE = "certbot/certbot:v2.1.0"
+CERTBOT_IMAGE = f"certbot/certbot:v{CURRENT_CERTBOT_VERSION}"
+LEGACY_CERTBOT_IMAGE = "certbot/certbot:v2.1.0"
+# Every image each host holds, with the rootfs tar it is imported from.
+IMAGES: tuple[tuple[str, Path], ...] = (
+    (CERTBOT_IMAGE, CURRENT_ROOTFS_TAR),
+    (LEGACY_CERTBOT_IMAGE, ROOTFS_TAR),
+)
 CERTIFICATE_VALIDITY_SECONDS = 90 * 24 * 3600
 
 # Lab files written into <repo>/lab/
@@ -60,6 +85,7 @@ PRIVATE_DIRS: tuple[str, ...] = (
     "/var/log/letsencrypt",
     "/var/lib/docker",
     "/var/lib/containerd",
+    "/var/lib/containers",
     "/usr/local/sbin",
     "/root",
     "/run",
@@ -67,8 +93,9 @@ PRIVATE_DIRS: tuple[str, ...] = (
     "/var/lib/certfab",
 )
 # Container storage survives a reset so the certbot image need not be imported again.
-KEPT_ON_RESET: tuple[str, ...] = ("/var/lib/docker", "/var/lib/containerd")
+KEPT_ON_RESET: tuple[str, ...] = ("/var/lib/docker", "/var/lib/containerd", "/var/lib/containers")
 DOCKER_DIR = "/var/lib/docker"
+PODMAN_DIR = "/var/lib/containers"
 # Single files every host gets its own copy of.
 PRIVATE_FILES: tuple[str, ...] = (
     "/etc/hosts",
@@ -76,6 +103,7 @@ PRIVATE_FILES: tuple[str, ...] = (
     "/etc/hostname",
     "/etc/msmtprc",
     "/etc/crontab",
+    "/etc/containers/containers.conf",
 )
 
 _HOST_NAME = re.compile(r"web([1-9][0-9]?)")
@@ -134,10 +162,36 @@ def docker_storage(name: str) -> Path:
     return DOCKER_CACHE / name
 
 
+def podman_storage(name: str) -> Path:
+    """The host's /var/lib/containers on the machine (kept across runs, like a disk)."""
+    return PODMAN_CACHE / name
+
+
+def runtime_file(name: str) -> Path:
+    """File naming the container runtime a host runs (docker or podman), written by `lab.up`."""
+    return host_keys(name) / "runtime"
+
+
+def host_runtime(name: str) -> str:
+    """The container runtime of a host: podman when lab.up made it a podman host, else docker."""
+    try:
+        runtime = runtime_file(name).read_text().strip()
+    except OSError:
+        return "docker"
+    return runtime if runtime in RUNTIMES else "docker"
+
+
+def image_storage(name: str) -> Path:
+    """Where the host's runtime keeps its images on the machine."""
+    return podman_storage(name) if host_runtime(name) == "podman" else docker_storage(name)
+
+
 def private_source(name: str, directory: str) -> Path:
     """Machine directory mounted as one of the host's private trees."""
     if directory == DOCKER_DIR:
         return docker_storage(name)
+    if directory == PODMAN_DIR:
+        return podman_storage(name)
     return host_fs(name) / directory.lstrip("/")
 
 

@@ -18,6 +18,7 @@ PACKAGES: tuple[str, ...] = (
     "debootstrap",
     "cron",
     "docker.io",
+    "podman",
     "msmtp-mta",
     "iproute2",
     "iptables",

@@ -124,8 +124,32 @@ def ensure_tls() -> None:
     SERVER_CERT.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
-def write_config() -> None:
-    """Write Pebble's configuration (listeners on the bridge, challenges on ports 80/443, 90-day certs)."""
+_DURATION = re.compile(r"([1-9][0-9]*)([smhd])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_lifetime(text: str) -> int:
+    """Seconds of a certificate lifetime written like `160h`, `45d`, `90m` or `3600s`; LabError otherwise."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise LabError(f"--cert-lifetime {text!r} is not a duration like 160h, 45d, 90m or 3600s")
+    seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if not 60 <= seconds <= 5 * 365 * 86400:
+        raise LabError(f"--cert-lifetime {text!r} is outside 1 minute .. 5 years")
+    return seconds
+
+
+def configured_lifetime() -> int | None:
+    """The certificate lifetime (seconds) in Pebble's current configuration, None without one."""
+    try:
+        value = json.loads(CONFIG.read_text())["pebble"]["certificateValidityPeriod"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return value if isinstance(value, int) else None
+
+
+def write_config(lifetime_seconds: int = layout.CERTIFICATE_VALIDITY_SECONDS) -> None:
+    """Write Pebble's configuration (listeners on the bridge, challenges on ports 80/443, the lifetime)."""
     config = {
         "pebble": {
             "listenAddress": f"{layout.BRIDGE_ADDRESS}:{layout.ACME_PORT}",
@@ -136,7 +160,7 @@ def write_config() -> None:
             "tlsPort": 443,
             "ocspResponderURL": "",
             "externalAccountBindingRequired": False,
-            "certificateValidityPeriod": layout.CERTIFICATE_VALIDITY_SECONDS,
+            "certificateValidityPeriod": lifetime_seconds,
         }
     }
     CONFIG.parent.mkdir(parents=True, exist_ok=True)

@@ -12,12 +12,15 @@ SEED = layout.DOCKER_CACHE / "seed"
 
 
 def image_identity() -> str | None:
-    """Identity (size, mtime) of the cached rootfs tar, None while it is not built."""
-    try:
-        st = layout.ROOTFS_TAR.stat()
-    except FileNotFoundError:
-        return None
-    return f"{st.st_size} {st.st_mtime_ns}\n"
+    """Identity (tag, size, mtime) of every cached rootfs tar, None while one is not built."""
+    lines = []
+    for tag, tar in layout.IMAGES:
+        try:
+            st = tar.stat()
+        except FileNotFoundError:
+            return None
+        lines.append(f"{tag} {st.st_size} {st.st_mtime_ns}\n")
+    return "".join(lines)
 
 
 def _marker(storage: Path) -> Path:
@@ -33,17 +36,17 @@ def _holds(storage: Path, identity: str | None) -> bool:
 
 def host_ready(name: str, identity: str | None) -> bool:
     """Whether a host's storage already holds the current image."""
-    return _holds(layout.docker_storage(name), identity)
+    return _holds(layout.image_storage(name), identity)
 
 
 def mark_imported(name: str, identity: str) -> None:
     """Record that a host's storage now holds the image of the current tar."""
-    _marker(layout.docker_storage(name)).write_text(identity)
+    _marker(layout.image_storage(name)).write_text(identity)
 
 
 def wipe(name: str) -> None:
-    """Empty a host's docker storage (stale image or none): dockerd starts from scratch."""
-    storage = layout.docker_storage(name)
+    """Empty a host's image storage (stale image or none): its runtime starts from scratch."""
+    storage = layout.image_storage(name)
     _marker(storage).unlink(missing_ok=True)
     if storage.exists():
         shutil.rmtree(storage)

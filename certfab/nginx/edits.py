@@ -459,3 +459,118 @@ def set_redirect_names(text: str, block: ServerBlock, names: Sequence[str]) -> s
     _, inner = _indents(text, st)
     line = f"{inner}server_name {value};"
     return _verify(_apply(text, [_insert_after(text, st.term.end, [line], inner)]), block.file)
+
+
+def _header_contexts(st: Statement) -> list[Statement]:
+    """Every `location` and `if` inside `st` (at any depth) that sets an `add_header` of its own.
+
+    nginx sends a level's `add_header` headers only where a nested level sets none: each of these
+    drops every header of the levels around it, HSTS included.
+    """
+    found: list[Statement] = []
+    for child in st.children or []:
+        if child.is_comment or child.children is None or child.directive not in ("location", "if"):
+            continue
+        if any(c.directive == "add_header" and not c.is_comment for c in child.children):
+            found.append(child)
+        found += _header_contexts(child)
+    return found
+
+
+def header_locations(text: str, block: ServerBlock) -> list[tuple[int, str]]:
+    """(line, location argument text) of every location/if of `block` that sets its own add_header."""
+    _, st = _locate(text, block)
+    return [(c.name.line, " ".join(a.value for a in c.args)) for c in _header_contexts(st)]
+
+
+def add_location_includes(text: str, block: ServerBlock, include_path: str,
+                          comment: str = "managed by certfab") -> str:
+    """Insert `include PATH;` first in every location/if of `block` that sets its own add_header.
+
+    Unchanged where a location includes it already. Raises NginxConfError like add_include.
+    """
+    _, st = _locate(text, block)
+    target = resolve_path(block.prefix, include_path)
+    edits: list[_Edit] = []
+    for loc in _header_contexts(st):
+        if any(resolve_path(block.prefix, inc) == target for inc in _direct_includes(loc)):
+            continue
+        assert loc.term is not None
+        _, inner = _indents(text, loc)
+        line = f"{inner}include {_quote(include_path)};" + (f"  # {comment}" if comment else "")
+        edits.append(_insert_after(text, loc.term.end, [line], inner))
+    if not edits:
+        return text
+    return _verify(_apply(text, edits), block.file)
+
+
+def probe_path(location_args: str) -> str | None:
+    """A request path that lands in a location with these arguments, or None (regex, named, `if`)."""
+    parts = location_args.split()
+    if len(parts) == 2 and parts[0] in ("=", "^~"):
+        path = parts[1]
+    elif len(parts) == 1 and not parts[0].startswith("@"):
+        path = parts[0]
+    else:
+        return None
+    return path if path.startswith("/") and path.isprintable() and " " not in path else None
+
+
+def revert_https(text: str, path: str, *, site: str, https_include: str, acme_include: str, prefix: str,
+                 hsts_include: str = "") -> str:
+    """certfab's HTTPS conversion of `site` taken back from one file's text, without a record of the
+    text before it: the marked redirect block goes, its port-80 listens return to the blocks they
+    came from (in place of the 443 listens certfab made of them), and certfab's includes and its
+    added listen lines go. Used by remove-site for sites converted before certfab kept records.
+    """
+    begin, end = redirect_marker(site)
+    marked = re.search(rf"(?ms)^[ \t]*{re.escape(begin)}[ \t]*\r?\n.*?^[ \t]*{re.escape(end)}[ \t]*(\r?\n|\Z)", text)
+    moved: list[str] = []
+    if marked is not None:
+        for stmt in walk_statements(parse_text(marked.group(0), path)):
+            if stmt.directive == "listen" and not stmt.is_comment and stmt.args:
+                moved.append(" ".join(a.value for a in stmt.args))
+        text = text[: marked.start()] + text[marked.end():]
+    targets = {resolve_path(prefix, https_include), resolve_path(prefix, acme_include)}
+    edits: list[_Edit] = []
+    for stmt in walk_statements(parse_text(text, path)):
+        if stmt.directive != "server" or stmt.children is None:
+            continue
+        ours = [c for c in stmt.children if c.directive == "include" and not c.is_comment and c.args
+                and resolve_path(prefix, c.args[0].value) in targets]
+        if not any(resolve_path(prefix, c.args[0].value) == resolve_path(prefix, https_include) for c in ours):
+            ours = [c for c in ours if resolve_path(prefix, c.args[0].value) == resolve_path(prefix, acme_include)]
+            edits += [_whole_lines(text, c) for c in ours]
+            continue
+        edits += [_whole_lines(text, c) for c in ours]
+        if hsts_include:
+            edits += [_whole_lines(text, c) for c in walk_statements(stmt.children)
+                      if c.directive == "include" and not c.is_comment and c.args and c.children is None
+                      and resolve_path(prefix, c.args[0].value) == resolve_path(prefix, hsts_include)]
+        remaining = list(moved)
+        for child in stmt.children:
+            if child.directive != "listen" or child.is_comment or not child.args:
+                continue
+            line_rest = text[child.end:_line_end(text, child.end)]
+            if "managed by certfab" in line_rest:
+                edits.append(_whole_lines(text, child))
+                continue
+            lst = make_listen([a.value for a in child.args], path, child.name.line)
+            back = next((m for m in remaining if lst.port == 443
+                         and replace(make_listen(m.split(), path, 0), port=443).address_key == lst.address_key), None)
+            if back is not None:
+                remaining.remove(back)
+                edits.append(_Edit(child.args[0].start, child.args[-1].end, back))
+        note = f"# moved to the certfab redirect block for {site}"
+        for match in re.finditer(rf"(?m)^([ \t]*)# (listen [^\n]*?;)[ \t]*{re.escape(note)}[ \t]*$", text):
+            edits.append(_Edit(match.start(), match.end(), match.group(1) + match.group(2)))
+    return _verify(_apply(text, edits), path) if edits else text
+
+
+def _whole_lines(text: str, st: Statement) -> _Edit:
+    """An edit removing `st` with its line when nothing but a comment shares it, else just `st`."""
+    if _alone_on_lines(text, st):
+        start = _line_start(text, st.name.start)
+        end = _line_end(text, st.end)
+        return _Edit(start, end + len(_newline(text, end)) if end < len(text) else end, "")
+    return _Edit(st.name.start, st.end, "")

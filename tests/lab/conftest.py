@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,8 +15,12 @@ from certfab import lab as labkit
 
 REPO_DIR = Path(__file__).resolve().parents[2]
 LAB_TESTS = Path(__file__).resolve().parent
-MIN_HOSTS = 27
+MIN_HOSTS = 28
+# The last host of the lab runs podman instead of dockerd (tests find it in LabInfo.podman_hosts).
+PODMAN_HOSTS = 1
 VENV_BIN = Path(sys.executable).parent
+# The operator's state (the order history the rate-limit guard counts) of this test session only.
+SESSION_STATE = Path(tempfile.mkdtemp(prefix="certfab-test-state-"))
 
 # Each test module works on its own hosts, so modules never disturb one another.
 MODULE_HOSTS = {
@@ -29,6 +34,8 @@ MODULE_HOSTS = {
     "test_hostile_apply": ("web15", "web16"),
     "test_hostile_facts": ("web17", "web18"),
     "test_ssh": ("web13", "web14"),
+    "test_acme_now": ("web21", "web22", "web23"),
+    "test_lifecycle": ("web19", "web20"),
     "test_dns01": ("web27",),
 }
 
@@ -47,8 +54,8 @@ def lab() -> Iterator[labkit.Lab]:
         pytest.skip("lab tests need root on Linux")
     # A host another test stopped on purpose is no reason to rebuild everyone's lab.
     info = labkit.running(REPO_DIR, allow_stopped_hosts=True)
-    if info is None or len(info.hosts) < MIN_HOSTS:
-        info = labkit.up(MIN_HOSTS, REPO_DIR)
+    if info is None or len(info.hosts) < MIN_HOSTS or len(info.podman_hosts) != PODMAN_HOSTS:
+        info = labkit.up(MIN_HOSTS, REPO_DIR, podman=PODMAN_HOSTS)
     yield labkit.Lab(info)
     if os.environ.get("CERTFAB_LAB_KEEP") != "1":
         labkit.down(REPO_DIR)
@@ -62,6 +69,7 @@ def certfab_cli(
     full_env = dict(os.environ)
     full_env["CERTFAB_INVENTORY"] = str(inventory or lab.info.inventory)
     full_env["COLUMNS"] = "200"
+    full_env.setdefault("CERTFAB_STATE_DIR", str(SESSION_STATE))
     full_env.update(env or {})
     return subprocess.run(
         [str(VENV_BIN / tool), *args], cwd=REPO_DIR, env=full_env, capture_output=True, text=True,

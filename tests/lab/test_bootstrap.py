@@ -22,7 +22,6 @@ from labhelpers import http_get, https_get, tree_changes
 
 from certfab.inventory import load_inventory
 from certfab.lab import Lab
-from certfab.lab.pebble import add_a_records
 
 WEB3, WEB4 = "web3", "web4"
 WEB3_DOMAINS = ("web3.test", "www.web3.test")
@@ -272,7 +271,7 @@ def test_second_run_changes_nothing_and_orders_nothing(lab: Lab, web3_bootstrapp
 def test_added_name_expands_the_same_lineage(lab: Lab, web3_bootstrapped: Bootstrapped, tmp_path: Path) -> None:
     domains = (*WEB3_DOMAINS, "www2.web3.test")
     address = lab.info.host(WEB3).address
-    add_a_records({"www2.web3.test": address})
+    lab.set_dns("www2.web3.test", address)
     inventory = copy_inventory(lab, tmp_path, {WEB3: [{"name": "web3", "domains": list(domains)}]})
     # Like most Debian hosts, web3 now also has the stock catch-all default site, so a name reaches
     # the site's blocks only where a server_name lists it.
@@ -378,7 +377,8 @@ def write_web4_tree(lab: Lab, extra: dict[str, str] | None = None) -> None:
     lab.host_exec(WEB4, "ln -sfn /etc/nginx/sites-available/shop /etc/nginx/sites-enabled/shop && nginx -t && "
                         "pid=$(cat /run/nginx.pid) && nginx -s stop && "
                         "while kill -0 $pid 2>/dev/null; do sleep 0.05; done && nginx")
-    add_a_records({domain: lab.info.host(WEB4).address for domain in SHOP_DOMAINS})
+    for domain in SHOP_DOMAINS:
+        lab.set_dns(domain, lab.info.host(WEB4).address)
 
 
 def edits_outside_redirect(old: str, new: str) -> tuple[list[str], list[str]]:

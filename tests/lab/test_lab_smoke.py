@@ -12,7 +12,7 @@ import pytest
 from cryptography import x509
 
 from certfab.inventory import load_inventory
-from certfab.lab import Lab
+from certfab.lab import Lab, layout
 
 
 def ssh(
@@ -115,7 +115,7 @@ def test_certbot_in_docker_gets_a_certificate_from_pebble_over_http01(lab: Lab) 
                 f"{info.pebble_ca}:/etc/certfab/acme-ca.pem:ro",
                 "-e",
                 "REQUESTS_CA_BUNDLE=/etc/certfab/acme-ca.pem",
-                "certbot/certbot:v2.1.0",
+                layout.CERTBOT_IMAGE,
                 "certonly",
                 "--webroot",
                 "-w",

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 F = "inventory.yaml: "
 DELETE = object()
 HOST_KEYS = (
-    "address, groups, sites, user, port, key_file, forward_agent, jump, sudo, webroot, certbot, renewal, tls, dns01"
+    "address, groups, sites, user, port, key_file, forward_agent, jump, sudo, webroot, certbot, renewal, tls, acme, dns01"
 )
 TOP_KEYS = "version, ssh, acme, defaults, groups, hosts"
 
@@ -176,7 +176,7 @@ BAD: list[tuple[tuple[Any, ...], object, str]] = [
         "x",
         F
         + "defaults: 'address' is not a known key (known keys: user, port, key_file, forward_agent, jump, sudo, "
-        "webroot, certbot, renewal, tls, dns01)",
+        "webroot, certbot, renewal, tls, acme, dns01)",
     ),
     (
         ("defaults", "user"),
@@ -437,7 +437,7 @@ BAD: list[tuple[tuple[Any, ...], object, str]] = [
     (
         ("hosts", "web1", "sites", 0),
         None,
-        F + "hosts.web1.sites[0]: None is not a mapping (expected keys: name, domains, root, upstream, challenge, redirect)",
+        F + "hosts.web1.sites[0]: None is not a mapping (expected keys: name, domains, root, upstream, acme, challenge, redirect)",
     ),
     (
         ("hosts", "web1", "sites", 0, "domains"),
@@ -448,7 +448,7 @@ BAD: list[tuple[tuple[Any, ...], object, str]] = [
         ("hosts", "web1", "sites", 0, "domain"),
         ["x.example.com"],
         F + "hosts.web1.sites[0]: 'domain' is not a known key; did you mean 'domains'? "
-        "(known keys: name, domains, root, upstream, challenge, redirect)",
+        "(known keys: name, domains, root, upstream, acme, challenge, redirect)",
     ),
     (
         ("hosts", "web1", "sites", 0, "name"),
@@ -1122,6 +1122,8 @@ def test_example_inventory_loads() -> None:
     assert inv.host("web2").sites[0].root is not None
     assert inv.host("api1").sites[0].upstream is not None
     assert inv.host("api1").tls.profile == "modern" and inv.host("api1").tls.hsts_max_age == 63072000
+    assert inv.host("api1").sites[0].profile == "shortlived" and inv.host("web1").sites[0].profile is None
+    assert (inv.acme.rate_limits.per_registered_domain, inv.acme.rate_limits.per_name_set) == (50, 5)
     legacy = inv.host("legacy1")
     assert (legacy.renewal.hour, legacy.tls.profile, legacy.tls.dhparam_bits, legacy.port) == (
         4,
@@ -1158,6 +1160,10 @@ def test_example_inventory_documents_every_field() -> None:
         "hour",
         "mail_on_success",
         "profile",
+        "profile_required",
+        "rate_limits",
+        "per_registered_domain",
+        "per_name_set",
         "hsts_max_age",
         "hsts_include_subdomains",
         "hsts_preload",
@@ -1262,3 +1268,30 @@ def test_garbage_yaml_text_raises_only_inventory_error(text: str) -> None:
         parse_inventory(_load_yaml(text, "inventory.yaml"), Path("inventory.yaml"))
     except InventoryError as exc:
         assert "\n" not in str(exc)
+
+
+def test_acme_profile_is_inherited_from_acme_defaults_host_then_site() -> None:
+    data = mutate(base(), ("acme", "profile"), "tlsserver")
+    data = mutate(data, ("hosts", "web2", "acme"), {"profile": "shortlived", "profile_required": True})
+    data["hosts"]["web1"]["sites"].append({"name": "api", "domains": ["api.example.com"],
+                                           "acme": {"profile": None}})
+    web1, web2 = parse(data).hosts
+    assert [(s.name, s.profile, s.profile_required) for s in web1.sites] == [
+        ("shop", "tlsserver", False), ("api", None, False)]
+    assert [(s.profile, s.profile_required) for s in web2.sites] == [("shortlived", True)]
+    assert parse(base()).hosts[0].sites[0].profile is None
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "field"),
+    [
+        (("acme", "profile"), "tlsclient", "acme.profile"),
+        (("acme", "profile_required"), "yes", "acme.profile_required"),
+        (("defaults", "acme", "profile"), 6, "defaults.acme.profile"),
+        (("hosts", "web2", "acme", "profile_required"), 1, "hosts.web2.acme.profile_required"),
+        (("hosts", "web2", "sites", 0, "acme"), {"profile": "short"}, "hosts.web2.sites[0].acme.profile"),
+        (("hosts", "web2", "sites", 0, "acme"), {"server": "x"}, "hosts.web2.sites[0].acme"),
+    ],
+)
+def test_a_wrong_acme_profile_names_the_field(path: tuple[Any, ...], value: object, field: str) -> None:
+    assert error_of(mutate(base(), path, value)).startswith(f"inventory.yaml: {field}: ")

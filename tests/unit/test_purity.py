@@ -13,7 +13,8 @@ PURE_MODULES = (
     "certfab.stamp", "certfab.facts", "certfab.facts_view", "certfab.recap", "certfab.protocol",
     "certfab.remote_scripts", "certfab.templating", "certfab.textsafe", "certfab.transaction",
     "certfab.issue", "certfab.outcome", "certfab.paths", "certfab.errors", "certfab.plan", "certfab.nginx",
-    "certfab.renewal_status", "certfab.renewal_run", "certfab.tlsdefaults",
+    "certfab.renewal_status", "certfab.renewal_run", "certfab.tlsdefaults", "certfab.origin", "certfab.offboard", "certfab.lint",
+    "certfab.renewalconf", "certfab.acmedir",
 )
 IO_LIBRARIES = ("fabric", "paramiko", "invoke")
 

@@ -257,3 +257,47 @@ def test_an_extended_journal_rolls_back_to_the_state_before_the_run(world: tuple
     assert host(root, site).read_text() == "https\n"
     assert rollback(root).ok
     assert host_tree(root) == untouched
+
+
+def test_a_removal_is_undone_by_rollback_and_final_after_commit(world: tuple[Path, Path]) -> None:
+    root, _ = world
+    gone, kept = f"{SITES}/old site", f"{SITES}/kept"
+    host(root, gone).write_bytes(b"server { listen 80; }\n")
+    host(root, kept).write_bytes(b"kept\n")
+    before = host_tree(root)
+    removal = FileWrite(gone, "", None, remove=True)
+    writes = expect_as_read([removal, FileWrite(kept, "new\n", None)],
+                            {gone: "server { listen 80; }\n", kept: "kept\n"})
+    assert apply(root, writes).ok
+    assert not host(root, gone).exists() and host(root, kept).read_bytes() == b"new\n"
+    assert rollback(root).ok
+    assert host_tree(root) == before
+    assert_no_leftovers(root)
+    assert apply(root, writes).ok and commit(root).ok
+    assert not host(root, gone).exists()
+    assert_no_leftovers(root)
+
+
+def test_a_removal_of_a_file_changed_since_it_was_read_writes_nothing(world: tuple[Path, Path]) -> None:
+    root, _ = world
+    path = f"{SITES}/site"
+    host(root, path).write_bytes(b"edited\n")
+    reply = apply(root, [FileWrite(path, "", None, text_sha256("as read\n"), remove=True)])
+    assert reply.exited == EXIT_CHANGED
+    assert host(root, path).read_bytes() == b"edited\n"
+
+
+def test_uninstall_cleanup_removes_the_state_and_certfabs_empty_directories(world: tuple[Path, Path]) -> None:
+    from certfab.transaction import lock_context
+
+    root, _ = world
+    for directory in ("etc/certfab", "etc/nginx/certfab", "var/lib/certfab/origin"):
+        (root / directory).mkdir(parents=True, exist_ok=True)
+    (root / "etc/certfab/acme-ca.pem").write_text("ca\n")
+    (root / "etc/nginx/sites-enabled").mkdir(parents=True)
+    reply = run_local("uninstall-cleanup.sh.j2", root=str(root), **lock_context(RUN),
+                      files=["/etc/certfab/acme-ca.pem"], empty_dirs=["/etc/nginx/certfab", "/etc/certfab"])
+    assert reply.ok and reply.has("done"), reply.stderr
+    for gone in ("etc/certfab", "etc/nginx/certfab", "var/lib/certfab"):
+        assert not (root / gone).exists(), gone
+    assert (root / "etc/nginx/sites-enabled").is_dir()

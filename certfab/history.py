@@ -1,0 +1,159 @@
+"""The operator's order history: an SQLite file of every order, issuance, failed validation and refusal.
+
+It lives under the operator's state directory ($CERTFAB_STATE_DIR, else $XDG_STATE_HOME/certfab, else
+~/.local/state/certfab) and is shared by every run on this machine, so the rate-limit guard counts the fleet.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Sequence
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from certfab.errors import CertfabError
+from certfab.ratelimit import Event, Limits, Order, name_set, refusal, registered_domains
+
+FILE_NAME = "history.sqlite"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    time REAL NOT NULL,
+    kind TEXT NOT NULL,
+    host TEXT NOT NULL,
+    site TEXT NOT NULL,
+    names TEXT NOT NULL,
+    renewal INTEGER NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_time ON events (time);
+"""
+# Older events never decide anything (the longest window is 7 days, the longest back-off one day).
+KEEP_READING = timedelta(days=8)
+
+
+def state_dir() -> Path:
+    """The operator's certfab state directory."""
+    explicit = os.environ.get("CERTFAB_STATE_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "certfab"
+
+
+def history_path() -> Path:
+    """Where the history database is."""
+    return state_dir() / FILE_NAME
+
+
+class History:
+    """The history database; safe to share between the threads of one run."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or history_path()
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
+            self._db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise CertfabError(f"{self.path}: cannot open the order history: {exc}") from None
+        self.path.chmod(0o600)
+        self._lock = threading.Lock()
+
+    def record(self, event: Event) -> None:
+        """Add one event."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO events (time, kind, host, site, names, renewal, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (event.time.timestamp(), event.kind, event.host, event.site, " ".join(event.names),
+                 int(event.renewal), event.detail),
+            )
+
+    def events(self, since: datetime) -> list[Event]:
+        """Every event from `since` on, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT time, kind, host, site, names, renewal, detail FROM events WHERE time >= ? ORDER BY time, id",
+                (since.timestamp(),),
+            ).fetchall()
+        return [
+            Event(datetime.fromtimestamp(t, timezone.utc), kind, host, site, tuple(names.split()), bool(renewal),
+                  detail)
+            for t, kind, host, site, names, renewal, detail in rows
+        ]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class RateGuard:
+    """Admits orders under the limits, counting the history and this run's admitted orders; records events."""
+
+    def __init__(self, history: History, limits: Limits, *, force: bool) -> None:
+        self.history = history
+        self.limits = limits
+        self.force = force
+        self._lock = threading.Lock()
+        self._pending: list[Order] = []
+
+    def admit(self, orders: Sequence[Order]) -> tuple[list[Order], list[str]]:
+        """The orders that fit (reserved until recorded) and one refusal line for each that does not."""
+        allowed: list[Order] = []
+        refused: list[str] = []
+        with self._lock:
+            now = datetime.now(timezone.utc)
+            past = self.history.events(now - KEEP_READING)
+            for order in orders:
+                why = refusal(order, past, self._pending, self.limits, now, force=self.force)
+                if why is None:
+                    self._pending.append(order)
+                    allowed.append(order)
+                else:
+                    refused.append(why)
+                    self.history.record(Event(now, "refused", order.host, order.site, name_set(order.names),
+                                              order.renewal, why.split(": refused: ", 1)[-1]))
+            for order in allowed:
+                self.history.record(Event(now, "order", order.host, order.site, name_set(order.names),
+                                          order.renewal))
+        return allowed, refused
+
+    def settle(self, order: Order, *, issued: bool, failed_names: Sequence[str] = (), detail: str = "") -> None:
+        """Record what became of an admitted order: issued, or which names failed validation."""
+        now = datetime.now(timezone.utc)
+        with self._lock:
+            if order in self._pending:
+                self._pending.remove(order)
+            if issued:
+                self.history.record(Event(now, "issued", order.host, order.site, name_set(order.names),
+                                          order.renewal))
+            for name in failed_names:
+                self.history.record(Event(now, "failed-validation", order.host, order.site, name_set([name]),
+                                          order.renewal, detail))
+
+
+def event_row(event: Event) -> dict[str, object]:
+    """An event as JSON-ready data (registered domains included: what the limits count by)."""
+    return {
+        "time": f"{event.time:%Y-%m-%dT%H:%M:%SZ}",
+        "kind": event.kind,
+        "host": event.host,
+        "site": event.site,
+        "names": list(event.names),
+        "registered_domains": list(registered_domains(event.names)),
+        "renewal": event.renewal,
+        "detail": event.detail,
+    }
+
+
+def history_lines(events: Sequence[Event]) -> list[str]:
+    """One line per event, oldest first, for people."""
+    lines = []
+    for event in events:
+        renewal = " (renewal)" if event.renewal and event.kind in ("order", "issued") else ""
+        detail = f": {event.detail}" if event.detail else ""
+        lines.append(f"{event.time:%Y-%m-%d %H:%M:%S} {event.kind:<17} {event.host} {event.site} "
+                     f"{','.join(event.names)}{renewal}{detail}")
+    return lines

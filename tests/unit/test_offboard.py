@@ -1,0 +1,82 @@
+"""remove-site and uninstall as plans (pure): a bootstrapped site's file comes back byte for byte."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from test_desired import EXAMPLE, facts
+from test_plan import converged, lineage, plan_for
+
+from certfab.errors import PreflightError
+from certfab.facts import ConfigFile, HostFacts
+from certfab.offboard import certfab_sites, plan_removal, plan_uninstall
+from certfab.origin import origin_path
+from certfab.tls import site_include_path
+
+
+def bootstrapped() -> tuple[HostFacts, HostFacts]:
+    start = facts({"example": lineage(["example.com", "www.example.com"], left_days=80)})
+    return start, converged(plan_for(start, [EXAMPLE]), start)
+
+
+def with_file(host_facts: HostFacts, real_path: str, text: str) -> HostFacts:
+    assert host_facts.nginx is not None
+    files = {p: replace(f, text=text) if f.real_path == real_path else f for p, f in host_facts.nginx.files.items()}
+    return replace(host_facts, nginx=replace(host_facts.nginx, files=files))
+
+
+def site_file(host_facts: HostFacts) -> ConfigFile:
+    assert host_facts.nginx is not None
+    return host_facts.nginx.files["/etc/nginx/sites-enabled/example.com"]
+
+
+def test_bootstrap_records_the_text_before_its_edits_and_remove_site_restores_it() -> None:
+    start, after = bootstrapped()
+    assert origin_path("example") in after.owned_files
+    assert certfab_sites(after) == ("example",)
+    plan = plan_removal("web1", "example", after, keep_certificate=False)
+    restored = {w.path: w.content for w in plan.writes if not w.remove}
+    original = site_file(start)
+    assert restored == {original.real_path: original.text}
+    assert {w.path for w in plan.writes if w.remove} == {site_include_path("example"), origin_path("example")}
+    assert plan.lineages == ("example",)
+    assert plan.domains == ("example.com", "www.example.com")
+
+
+def test_an_admin_edit_elsewhere_survives_and_one_in_certfabs_lines_stops_it() -> None:
+    start, after = bootstrapped()
+    converted = site_file(after)
+    edited = with_file(after, converted.real_path, "# kept by the admin\n" + converted.text)
+    plan = plan_removal("web1", "example", edited, keep_certificate=True)
+    assert {w.path: w.content for w in plan.writes if not w.remove} == {
+        converted.real_path: "# kept by the admin\n" + site_file(start).text}
+    assert plan.lineages == ()
+    clash = with_file(after, converted.real_path, converted.text.replace("listen 443 ssl", "listen 8443 ssl"))
+    with pytest.raises(PreflightError, match="edited where certfab changed it"):
+        plan_removal("web1", "example", clash, keep_certificate=False)
+
+
+def test_nothing_left_means_an_empty_plan() -> None:
+    start, _ = bootstrapped()
+    assert plan_removal("web1", "example", replace(start, lineages={}), keep_certificate=False).empty
+
+
+def test_uninstall_inlines_includes_and_removes_every_certfab_file() -> None:
+    _, after = bootstrapped()
+    plan = plan_uninstall("web1", after, restore_http=False, keep_certificates=False)
+    removed = {w.path for w in plan.writes if w.remove}
+    assert removed == set(after.owned_files)
+    text = next(w.content for w in plan.writes if w.path == site_file(after).real_path)
+    assert "/etc/nginx/certfab/" not in text
+    assert "ssl_certificate /etc/letsencrypt/live/example/fullchain.pem;" in text
+    assert "Strict-Transport-Security" in text and "ssl_protocols TLSv1.2 TLSv1.3;" in text
+    assert any("nothing renews" in w for w in plan.warnings)
+
+
+def test_a_site_converted_without_a_record_gets_certfabs_lines_taken_back() -> None:
+    start, after = bootstrapped()
+    owned = {p: t for p, t in after.owned_files.items() if p != origin_path("example")}
+    plan = plan_removal("web1", "example", replace(after, owned_files=owned), keep_certificate=False)
+    text = next(w.content for w in plan.writes if w.path == site_file(after).real_path)
+    assert text == site_file(start).text  # here even byte for byte: certfab's edits are that regular
