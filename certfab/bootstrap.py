@@ -17,7 +17,9 @@ if TYPE_CHECKING:
     from certfab.history import RateGuard
     from certfab.plan import Plan
 
-CertOutcome = Literal["kept", "issued", "keep", "order"]
+# "copied": a peer got its shared site's lineage from the issuer; "awaits": a peer has no copy yet;
+# "held": an issuer's order waits for deploy-all's second pass (every backend has its ACME location then).
+CertOutcome = Literal["kept", "issued", "keep", "order", "copied", "awaits", "held"]
 
 
 @dataclass
@@ -67,11 +69,12 @@ def read_acme_ca(path: Path | None) -> str | None:
 
 def bootstrap_host(session: HostSession, *, check: bool, acme_ca_pem: str | None,
                    now: datetime | None = None, directory: AcmeDirectory | None = None,
-                   guard: RateGuard | None = None) -> BootstrapResult:
+                   guard: RateGuard | None = None, hold: frozenset[str] = frozenset()) -> BootstrapResult:
     """Plan one connected host and, unless check=True, carry the plan out.
 
     directory is the ACME server's directory, read once per run when a site asks for a profile; guard
-    admits orders under the fleet's rate limits (shared by every host of the run).
+    admits orders under the fleet's rate limits (shared by every host of the run). Orders for the sites
+    in `hold` wait (see certfab.sync.deploy_shared); the result says "held".
     """
     now = now or datetime.now(timezone.utc)
     result = BootstrapResult(session.host.name)
@@ -98,12 +101,13 @@ def bootstrap_host(session: HostSession, *, check: bool, acme_ca_pem: str | None
         if facts.journal.strip() and not check:
             facts = run.recover(facts)
         plan = make_plan(host, session.inventory, facts, now=run.now, acme_ca_pem=acme_ca_pem,
-                         directory=directory)
+                         directory=directory, hold=hold)
         result.plan = plan
         result.warnings += [w for w in plan.warnings if w not in result.warnings]
         if check:
             result.planned = True
-            result.certificates = {c.site: ("order" if c.needs_order else "keep") for c in plan.certificates}
+            result.certificates = {c.site: ("order" if c.needs_order else "awaits" if c.action == "await" else "keep")
+                                   for c in plan.certificates}
             return result
         execute(run, plan, seen if facts is seen.facts else None, key)
         return result

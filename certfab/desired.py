@@ -19,7 +19,6 @@ from certfab.paths import (
     ACME_INCLUDE,
     CRON_FILE,
     HSTS_INCLUDE,
-    LETSENCRYPT_LIVE,
     MANAGED_SITE_DIR,
     RENEW_ENV,
     RENEW_SCRIPT,
@@ -27,16 +26,19 @@ from certfab.paths import (
     dns_credentials_path,
     renewal_conf,
 )
+from certfab.shared import Role, acme_include_path, lineage_dir, role_of, url_host
 from certfab.tls import managed_site_path, site_include_path
 from certfab.transaction import FileWrite, expect_as_read, text_sha256
 
 # Bootstrap renews early when less than this fraction of a certificate's lifetime is left.
 
 
-CertAction = Literal["keep", "issue", "renew", "change-names"]
+# "await": a peer of a shared site has no usable copy yet; it never orders, the issuer's lineage comes by sync.
+CertAction = Literal["keep", "issue", "renew", "change-names", "await"]
 # Why a certificate is kept or ordered, for people (reason) and for programs (cause).
 CertCause = Literal["valid", "no-certificate", "unreadable", "names-changed", "expired", "lifetime-left",
-                    "server-changed", "key-type-changed", "profile-changed", "challenge-changed"]
+                    "server-changed", "key-type-changed", "profile-changed", "from-issuer",
+                    "challenge-changed"]
 
 
 def lineage_challenge(conf: str) -> str | None:
@@ -58,7 +60,12 @@ class CertDecision:
 
     @property
     def needs_order(self) -> bool:
-        return self.action != "keep"
+        return self.action not in ("keep", "await")
+
+    @property
+    def ready(self) -> bool:
+        """The site has a certificate to serve now."""
+        return self.action == "keep"
 
 
 # certbot stores the profile it was asked for in the renewal configuration from this version on.
@@ -86,13 +93,38 @@ def _changed_order(site: Site, acme: AcmeSettings | None, key_type: str, conf: s
     return None
 
 
-def decide_certificate(site: Site, facts: HostFacts, now: datetime, acme: AcmeSettings | None = None) -> CertDecision:
-    """Keep a valid certificate with exactly the site's names, server, key type and profile; else say what to order."""
-    lineage = facts.lineages.get(site.name)
-    if lineage is None:
+def serves_live(site: Site, facts: HostFacts, role: Role) -> bool:
+    """Whether nginx reads the site's certificate from certbot's lineage (else from certfab's copy).
+
+    A peer always serves its copy. An issuer serves its lineage, or, when it has none yet but holds a
+    copy (it took over from a removed issuer), that copy until it orders the next certificate.
+    """
+    if role == "peer":
+        return False
+    return site.name in facts.lineages or site.name not in facts.shared_copies
+
+
+def site_certificate(site: Site, facts: HostFacts, role: Role) -> str | None:
+    """The PEM of the certificate the site serves (or would serve) on this host, None if it has none."""
+    if serves_live(site, facts, role):
+        lineage = facts.lineages.get(site.name)
+        return lineage.cert_pem if lineage is not None else None
+    return facts.shared_copies.get(site.name)
+
+
+def decide_certificate(site: Site, facts: HostFacts, now: datetime, acme: AcmeSettings | None = None,
+                       role: Role = "alone") -> CertDecision:
+    """Keep a valid certificate with exactly the site's names, server, key type and profile; else say what to order.
+
+    A peer of a shared site never orders: without a valid copy of the issuer's lineage it waits for it.
+    """
+    pem = site_certificate(site, facts, role)
+    if role == "peer":
+        return _decide_copy(site, pem, now)
+    if pem is None:
         return CertDecision(site.name, "issue", "no certificate yet", "no-certificate")
     try:
-        info = parse_pem(lineage.cert_pem)
+        info = parse_pem(pem)
     except ValueError as exc:
         return CertDecision(site.name, "issue", f"existing certificate unreadable ({exc})", "unreadable")
     wanted, have = set(site.domains), set(info.names)
@@ -102,18 +134,34 @@ def decide_certificate(site: Site, facts: HostFacts, now: datetime, acme: AcmeSe
         return CertDecision(site.name, "change-names", f"names changed (+{added}; -{removed})", "names-changed")
     if info.not_after <= now:
         return CertDecision(site.name, "renew", "certificate expired", "expired")
-    renews_with = lineage_challenge(lineage.renewal_conf)
+    lineage = facts.lineages.get(site.name) if serves_live(site, facts, role) else None
+    renews_with = lineage_challenge(lineage.renewal_conf) if lineage is not None else None
     if renews_with is not None and renews_with != site.challenge:
         # Its renewals would keep the old challenge (e.g. HTTP-01 on a host now closed to the CA).
         return CertDecision(site.name, "renew", f"challenge changed ({renews_with} -> {site.challenge})",
                             "challenge-changed")
-    changed = _changed_order(site, acme, info.key_type, lineage.renewal_conf)
+    changed = _changed_order(site, acme, info.key_type, lineage.renewal_conf) if lineage is not None else None
     if changed is not None:
         return changed
     if info.renewal_due(now):
         return CertDecision(site.name, "renew", f"{info.days_left(now):.1f} days left of "
                             f"{info.lifetime.total_seconds() / 86400:g}", "lifetime-left")
     return CertDecision(site.name, "keep", f"valid until {info.not_after:%Y-%m-%d}, names unchanged", "valid")
+
+
+def _decide_copy(site: Site, pem: str | None, now: datetime) -> CertDecision:
+    """A peer serves its copy while it is valid with the site's names; otherwise it waits for the issuer's."""
+    waiting = "the issuer's certificate comes with the next deploy-all or sync"
+    if pem is None:
+        return CertDecision(site.name, "await", f"no copy of the shared certificate yet; {waiting}", "from-issuer")
+    try:
+        info = parse_pem(pem)
+    except ValueError:
+        return CertDecision(site.name, "await", f"its copy is unreadable; {waiting}", "from-issuer")
+    if set(info.names) != set(site.domains) or info.not_after <= now:
+        return CertDecision(site.name, "await", f"its copy is expired or has other names; {waiting}", "from-issuer")
+    return CertDecision(site.name, "keep", f"copy of the shared certificate, valid until {info.not_after:%Y-%m-%d}",
+                        "valid")
 
 
 def renewal_conf_write(site: str, cert_pem: str, conf: str) -> FileWrite | None:
@@ -315,6 +363,15 @@ def desired_state(
     version = host_tls(facts)
     http2_in_listen = tls.http2_style(version) == "listen"
     put(ACME_INCLUDE, tls.render_acme_include(host.webroot))
+    site_roles = {site.name: role_of(inventory, host, site) for site in host.sites}
+    acme_includes = {site.name: ACME_INCLUDE if site_roles[site.name] == "alone" else acme_include_path(site.name)
+                     for site in host.sites}
+    for site in host.sites:
+        if site_roles[site.name] == "issuer":
+            put(acme_includes[site.name], tls.render_acme_include(host.webroot))
+        elif site_roles[site.name] == "peer":
+            issuer = next(h for h in inventory.hosts if any(s.name == site.name for s in h.sites))
+            put(acme_includes[site.name], tls.render_acme_proxy(site.name, issuer.name, url_host(issuer.address)))
     if acme_ca_pem is not None:
         put(ACME_CA, acme_ca_pem)
     credentials = None
@@ -342,7 +399,7 @@ def desired_state(
                 tls.render_site_include(
                     site.name,
                     site.domains,
-                    lineage_dir=f"{LETSENCRYPT_LIVE}/{site.name}",
+                    lineage_dir=lineage_dir(site.name, live=serves_live(site, facts, site_roles[site.name])),
                     tls_options_path=TLS_OPTIONS,
                     hsts_max_age=host.tls.hsts_max_age,
                     include_subdomains=host.tls.hsts_include_subdomains,
@@ -362,7 +419,7 @@ def desired_state(
                     tls.render_managed_site(
                         site.name, site.domains, site.root, site.upstream,
                         phase="https" if https else "http",
-                        acme_include=None if site.dns01 else ACME_INCLUDE,
+                        acme_include=None if site.dns01 else acme_includes[site.name],
                         site_include=site_include_path(site.name),
                         http2_in_listen=http2_in_listen,
                         redirect=site.redirect,
@@ -373,19 +430,23 @@ def desired_state(
         # Edit the site's existing blocks one change at a time, re-reading positions after each.
         for _ in range(4 * len(site.domains) + 4):
             tree = _tree(texts, facts)
-            edit = _next_edit(tree, site, https, http2_in_listen)
+            try:
+                edit = _next_edit(tree, site, https, acme_includes[site.name])
+            except PreflightError as exc:
+                raise PreflightError(f"{host.name}: {exc}") from None
             if edit is None:
                 break
             path, block, kind = edit
             if kind == "acme":
-                texts[path] = nginxconf.add_include(texts[path], block, ACME_INCLUDE)
+                texts[path] = nginxconf.add_include(texts[path], block, acme_includes[site.name])
             elif kind == "redirect-names":
                 names = _redirect_source_names(tree, block, site) or ()
                 texts[path] = nginxconf.set_redirect_names(texts[path], block, names)
             else:
                 texts[path] = nginxconf.convert_to_https(
                     texts[path], block, https_include=site_include_path(site.name),
-                    acme_include=ACME_INCLUDE, http2_in_listen=http2_in_listen, site=site.name, tree=tree,
+                    acme_include=acme_includes[site.name], http2_in_listen=http2_in_listen, site=site.name,
+                    tree=tree,
                 )
         else:  # pragma: no cover - a non-converging edit is a bug, never a user error
             raise PreflightError(f"{host.name}: site {site.name}: nginx edits did not converge")
@@ -431,13 +492,21 @@ def _hsts_in_locations(texts: dict[str, str], facts: HostFacts, site: Site) -> t
 
 
 def _next_edit(
-    tree: nginxconf.NginxTree, site: Site, https: bool, http2_in_listen: bool
+    tree: nginxconf.NginxTree, site: Site, https: bool, acme_include: str
 ) -> tuple[str, nginxconf.ServerBlock, str] | None:
     for domain in site.domains:
         block = served_block(tree, domain, 80)
         if block is None:
             continue
-        if not block.has_include(ACME_INCLUDE) and not site.dns01:
+        if not block.has_include(acme_include) and not site.dns01:
+            other = ACME_INCLUDE if acme_include != ACME_INCLUDE else acme_include_path(site.name)
+            if block.has_include(other):
+                # Two ACME locations in one block would fail `nginx -t`: the site changed between shared and not.
+                raise PreflightError(
+                    f"site {site.name}: the port-80 block at {block.file}:{block.line} includes {other}; the site "
+                    f"is {'now' if acme_include != ACME_INCLUDE else 'no longer'} shared: replace that line with "
+                    f"`include {acme_include};`"
+                )
             return block.file, block, "acme"
         if https and not block.is_certfab_redirect:
             return block.file, block, "https"

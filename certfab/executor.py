@@ -184,7 +184,9 @@ class HostRun:
 
 def expected_fingerprints(facts: HostFacts, issued: dict[str, str]) -> dict[str, str]:
     """sha256 of the certificate each site should serve: the new one, or the one on disk."""
-    result = {name: parse_pem(lineage.cert_pem).sha256 for name, lineage in facts.lineages.items()}
+    # A shared site's copy counts where certbot has no lineage of that name (a peer, or a new issuer).
+    result = {name: parse_pem(pem).sha256 for name, pem in facts.shared_copies.items()}
+    result.update({name: parse_pem(lineage.cert_pem).sha256 for name, lineage in facts.lineages.items()})
     result.update({name: parse_pem(pem).sha256 for name, pem in issued.items()})
     return result
 
@@ -219,6 +221,8 @@ def execute(run: HostRun, plan: Plan, observed: Observed | None, key: str | None
     session, host, result = run.session, run.host, run.result
     ready = plan.ready_sites
     result.certificates = {name: "kept" for name in sorted(ready)}
+    result.certificates.update({c.site: "awaits" for c in plan.certificates if c.action == "await"})
+    result.certificates.update({c.site: "held" for c in plan.held_orders})
     if plan.empty:
         if key is not None and observed is not None:
             write_stamp(session.remote, key=key, observed=observed, warnings=result.warnings, now=run.now)

@@ -125,6 +125,8 @@ class HostFacts:
     status: RenewalStatus | None = field(default=None)
     # Secret files certfab installed (DNS plugin credentials): path -> sha256, never their content.
     secret_files: dict[str, str] = field(default_factory=dict)
+    # Copies of shared sites' lineages (certfab's, under paths.SHARED_LINEAGES): site -> cert.pem.
+    shared_copies: dict[str, str] = field(default_factory=dict)
 
 
 def parse_nginx_v(text: str) -> tuple[str, str, bool, str, str]:
@@ -205,6 +207,7 @@ def parse_facts(host: str, reply: Reply, nginx_files: dict[str, ConfigFile] | No
         journal="\n".join(f.text for f in reply.all("journal")),
         status=status,
         secret_files={f.arg: f.text.split()[0] for f in reply.all("secret-sha256") if f.text.split()},
+        shared_copies={f.arg: f.body.decode("ascii", errors="replace") for f in reply.all("shared-cert")},
     )
 
 

@@ -127,6 +127,7 @@ def stamp_if_converged(
 ) -> bool:
     """After a run that changed the host: read it again and stamp it only if nothing is left to do."""
     from certfab.desired import changed_writes, decide_certificate, desired_state, preflight
+    from certfab.shared import role_of
 
     try:
         observed = read_host(remote, key=None, now=now)
@@ -137,7 +138,8 @@ def stamp_if_converged(
     host, facts = remote.host, observed.facts
     if facts.journal.strip():
         return False
-    if any(decide_certificate(site, facts, now).needs_order for site in host.sites):
+    if any(decide_certificate(site, facts, now, inventory.acme, role_of(inventory, host, site)).needs_order
+           for site in host.sites):
         return False
     desired = desired_state(host, inventory, facts, https_sites=frozenset(s.name for s in host.sites),
                             acme_ca_pem=acme_ca_pem)
@@ -173,10 +175,13 @@ def host_records(session: HostSession, *, timeout: float = 10.0) -> list[CertRec
     session.step("fetching served certificates")
     records = []
     seen = set()
-    for name, lineage in facts.lineages.items():
+    # certbot's lineages, then the copies of shared sites (a peer's, or an issuer's with no lineage yet).
+    certificates = {name: lineage.cert_pem for name, lineage in facts.lineages.items()}
+    certificates.update({name: pem for name, pem in facts.shared_copies.items() if name not in certificates})
+    for name, pem in certificates.items():
         seen.add(name)
         try:
-            disk = parse_pem(lineage.cert_pem)
+            disk = parse_pem(pem)
         except CertificateError as exc:
             records.append(CertRecord(host.name, name, unreachable_error=f"{name}: unreadable certificate: {exc}"))
             continue

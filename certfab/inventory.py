@@ -935,6 +935,24 @@ def _check_jumps(r: _Reader, raw_hosts: Sequence[_RawHost]) -> None:
             hop = jumps[hop]
 
 
+def _check_shared_sites(r: _Reader, raw_hosts: Sequence[_RawHost]) -> None:
+    """A site name on several hosts is one shared certificate: every host must declare the same domains."""
+    first: dict[str, tuple[str, Site]] = {}
+    for raw in raw_hosts:
+        for index, site in enumerate(raw.host.sites):
+            if site.name not in first:
+                first[site.name] = (raw.host.name, site)
+                continue
+            owner, other = first[site.name]
+            if set(site.domains) != set(other.domains):
+                r.fail(
+                    ("hosts", raw.host.name, "sites", index, "domains"),
+                    list(site.domains),
+                    f"differ from site {site.name!r} on host {owner} ({', '.join(other.domains)}); a site on "
+                    "several hosts is one shared certificate: give it the same domains on every host",
+                )
+
+
 def _groups(r: _Reader, value: object, raw_hosts: Sequence[_RawHost]) -> dict[str, tuple[str, ...]]:
     """Merge the groups section with the hosts' own `groups:` into group -> hosts (inventory order)."""
     host_names = [raw.host.name for raw in raw_hosts]
@@ -987,6 +1005,7 @@ def parse_inventory(data: object, path: Path) -> Inventory:
     }
     raw_hosts = _hosts(r, top, defaults)
     _check_jumps(r, raw_hosts)
+    _check_shared_sites(r, raw_hosts)
     groups = _groups(r, top.get("groups"), raw_hosts)
     hosts = tuple(
         replace(raw.host, groups=tuple(g for g, members in groups.items() if raw.host.name in members))

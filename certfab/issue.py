@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from certfab.inventory import Host, Inventory, Site
 from certfab.paths import ACME_CA, LETSENCRYPT_LIVE, dns_credentials_path, renewal_conf
 from certfab.protocol import Reply
+from certfab.shared import shared_sites, url_host
 from certfab.transaction import EXITS, ancestors, lock_context
 
 EXIT_SELFTEST_FAILED = 30
@@ -102,6 +103,8 @@ def issue_context(run_id: str, host: Host, inventory: Inventory, orders: list[tu
         "webroot_parents": ancestors(host.webroot),
         # Only HTTP-01 names are self-tested: a DNS-01 site may have no port 80 at all.
         "domains": [domain for site, _force in orders if not site.dns01 for domain in site.domains],
+        # A shared site's names must answer on every backend, each asked directly at its own address.
+        "backend_probes": backend_probes(inventory, [site for site, _force in orders if not site.dns01]),
         "orders": [
             {"site": site.name, "cert": f"{LETSENCRYPT_LIVE}/{site.name}/cert.pem",
              "renewal_conf": renewal_conf(site.name),
@@ -109,6 +112,17 @@ def issue_context(run_id: str, host: Host, inventory: Inventory, orders: list[tu
             for site, force in orders
         ],
     }
+
+
+def backend_probes(inventory: Inventory, sites: list[Site]) -> list[dict[str, str]]:
+    """(domain, backend, address) for every name of every shared site ordered, on every backend."""
+    everything = shared_sites(inventory)
+    return [
+        {"domain": domain, "backend": backend.name, "address": url_host(backend.address)}
+        for site in sites if site.name in everything
+        for backend in everything[site.name].backends
+        for domain in site.domains
+    ]
 
 
 @dataclass(frozen=True)
@@ -173,6 +187,9 @@ def parse_issue_reply(reply: Reply) -> IssueResult:
     selftest = [
         f"{frame.arg}: the challenge probe over http://{frame.arg}/ got {_printable(frame.text)!r}"
         for frame in reply.all("selftest-failed")
+    ] + [
+        f"{_printable(frame.arg)}: the challenge probe got {_printable(frame.text)!r}"
+        for frame in reply.all("backend-selftest-failed")
     ]
     certbot = [certbot_failure(frame.arg, frame.text) for frame in reply.all("certbot-failed")]
     failed = {frame.arg: failed_domains(frame.text) for frame in reply.all("certbot-failed")}

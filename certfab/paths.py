@@ -35,3 +35,4 @@ def dns_credentials_path(plugin: str) -> str:
 def renewal_conf(lineage: str) -> str:
     """certbot's renewal configuration of a lineage."""
     return f"{LETSENCRYPT_RENEWAL}/{lineage}.conf"
+SHARED_LINEAGES = "/etc/letsencrypt/certfab-shared"

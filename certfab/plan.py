@@ -32,6 +32,7 @@ from certfab.errors import PreflightError
 from certfab.facts import HostFacts
 from certfab.inventory import Host, Inventory
 from certfab.nginxconf import NginxConfError
+from certfab.shared import acme_include_path, role_of
 from certfab.tls import managed_site_path, site_include_path
 from certfab.transaction import FileWrite, expect_as_read
 
@@ -82,7 +83,12 @@ class CertificateDecision:
 
     @property
     def needs_order(self) -> bool:
-        return self.action != "keep"
+        return self.action not in ("keep", "await")
+
+    @property
+    def ready(self) -> bool:
+        """The site has a certificate to serve now (kept, or a valid copy of a shared one)."""
+        return self.action == "keep"
 
     @property
     def forced(self) -> bool:
@@ -90,6 +96,8 @@ class CertificateDecision:
         return self.action == "renew"
 
     def describe(self) -> str:
+        if self.action == "await":
+            return f"waits for the shared certificate of {self.site}: {self.reason}"
         return f"would request a certificate for {self.site} ({', '.join(self.domains)}): {self.reason}"
 
 
@@ -108,17 +116,24 @@ class Plan:
     plumbing_writes: tuple[FileWrite, ...]
     https_writes: tuple[FileWrite, ...]
     facts_after_plumbing: HostFacts
+    # Shared sites this host issues whose orders wait until every backend has its ACME location
+    # (deploy-all orders them in a second pass).
+    held: frozenset[str] = frozenset()
     # Per site, request paths into locations with headers of their own: verify checks HSTS there too.
     probe_paths: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def orders(self) -> tuple[CertificateDecision, ...]:
-        return tuple(c for c in self.certificates if c.needs_order)
+        return tuple(c for c in self.certificates if c.needs_order and c.site not in self.held)
+
+    @property
+    def held_orders(self) -> tuple[CertificateDecision, ...]:
+        return tuple(c for c in self.certificates if c.needs_order and c.site in self.held)
 
     @property
     def ready_sites(self) -> frozenset[str]:
         """Sites whose certificates are kept: they go to HTTPS in the first transaction."""
-        return frozenset(c.site for c in self.certificates if not c.needs_order)
+        return frozenset(c.site for c in self.certificates if c.ready)
 
     @property
     def empty(self) -> bool:
@@ -171,6 +186,8 @@ def purpose(path: str, host: Host, nginx_files: frozenset[str]) -> str:
     if host.dns01 is not None and path == paths.dns_credentials_path(host.dns01.plugin):
         return f"credentials of certbot's {host.dns01.plugin} DNS plugin, for DNS-01 (root only)"
     for site in host.sites:
+        if path == acme_include_path(site.name):
+            return f"ACME challenge location of shared site {site.name}"
         if path == site_include_path(site.name):
             return f"HTTPS settings of site {site.name} (certificate, HSTS)"
         if path == managed_site_path(site.name):
@@ -185,7 +202,8 @@ def purpose(path: str, host: Host, nginx_files: frozenset[str]) -> str:
 
 
 def make_plan(host: Host, inventory: Inventory, facts: HostFacts, *, now: datetime,
-              acme_ca_pem: str | None, directory: AcmeDirectory | None = None) -> Plan:
+              acme_ca_pem: str | None, directory: AcmeDirectory | None = None,
+              hold: frozenset[str] = frozenset()) -> Plan:
     """The plan for one host from its facts. Raises PreflightError when the host cannot be handled.
 
     Every edit up to full HTTPS is computed here, before a file is written or a certificate ordered:
@@ -197,8 +215,9 @@ def make_plan(host: Host, inventory: Inventory, facts: HostFacts, *, now: dateti
     recover = bool(facts.journal.strip())
     if recover:
         warnings.insert(0, f"{host.name}: an unfinished earlier run will be rolled back first")
-    decisions = {s.name: decide_certificate(s, facts, now, inventory.acme) for s in host.sites}
-    ready = frozenset(name for name, d in decisions.items() if not d.needs_order)
+    decisions = {s.name: decide_certificate(s, facts, now, inventory.acme, role_of(inventory, host, s))
+                 for s in host.sites}
+    ready = frozenset(name for name, d in decisions.items() if d.ready)
     before = current_files(facts)
     try:
         plumbing = expect_as_read(
@@ -248,5 +267,6 @@ def make_plan(host: Host, inventory: Inventory, facts: HostFacts, *, now: dateti
         plumbing_writes=tuple(plumbing),
         https_writes=tuple(https),
         facts_after_plumbing=after_plumbing,
+        held=hold,
         probe_paths=full.probe_paths,
     )

@@ -7,7 +7,7 @@ import io
 import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from email.message import EmailMessage
 from email.utils import format_datetime
@@ -109,6 +109,9 @@ class CertRecord:
     renewal_status: RenewalStatus | None = None
     cron_present: bool = True
     unreachable_error: str | None = None
+    # A shared site (one certificate on several hosts): the host that issues it, and its certificate.
+    issuer: str | None = None
+    lineage: CertInfo | None = None
 
     def __post_init__(self) -> None:
         # Given as status.json's mapping (tests, older callers): read it into the typed value.
@@ -184,6 +187,14 @@ def evaluate(record: CertRecord, now: datetime, thresholds: Thresholds = Thresho
         found.append(Status.MISMATCH)
         notes.append(_mismatch_note(domains, other.info, disk))
 
+    if record.issuer is not None:
+        lagging = _lagging(record)
+        if lagging:
+            found.append(Status.MISMATCH)
+            notes.append(lagging)
+        notes.append("shared site: this host issues it" if record.issuer == record.host
+                     else f"shared site: {record.issuer} issues it")
+
     if record.renewal_status is not None:
         status, note = _renewal_finding(record.renewal_status, now, thresholds)
         if status is not None:
@@ -199,6 +210,36 @@ def evaluate(record: CertRecord, now: datetime, thresholds: Thresholds = Thresho
 
     status = min(found, key=lambda s: s.urgency) if found else Status.OK
     return Row(record, status, tuple(notes), days, fraction)
+
+
+def _lagging(record: CertRecord) -> str | None:
+    """A backend of a shared site whose copy or served certificate is not the issuer's lineage."""
+    lineage = record.lineage
+    if lineage is None or record.host == record.issuer:
+        return None
+    stale = sorted(d for d, served in record.served.items()
+                   if isinstance(served, ServedCert) and served.info is not None and served.info.sha256 != lineage.sha256)
+    if stale:
+        return (f"lagging peer: {', '.join(stale)} serve {_short(_served_sha(record, stale[0]))}, not the lineage "
+                f"{record.issuer} issued ({_short(lineage.sha256)}); `inv sync` brings it up to date")
+    if record.disk is not None and record.disk.sha256 != lineage.sha256:
+        return (f"lagging peer: its copy ({_short(record.disk.sha256)}) is not the lineage {record.issuer} issued "
+                f"({_short(lineage.sha256)}); `inv sync` brings it up to date")
+    return None
+
+
+def _served_sha(record: CertRecord, domain: str) -> str:
+    served = record.served[domain]
+    return served.info.sha256 if isinstance(served, ServedCert) and served.info is not None else ""
+
+
+def link_shared(records: Iterable[CertRecord], issuers: Mapping[str, str]) -> list[CertRecord]:
+    """Tell each backend's record of a shared site (site -> issuing host) which host issues it and
+    what its lineage holds, so that a lagging peer shows."""
+    records = list(records)
+    lineages = {r.site: r.disk for r in records if r.site in issuers and r.host == issuers[r.site]}
+    return [replace(r, issuer=issuers[r.site], lineage=lineages.get(r.site)) if r.site in issuers else r
+            for r in records]
 
 
 def classify(record: CertRecord, now: datetime, thresholds: Thresholds = Thresholds()) -> Status:
@@ -389,6 +430,7 @@ def row_dict(row: Row) -> dict[str, Any]:
         "renewal": renewal,
         "cron_present": rec.cron_present,
         "unreachable_error": rec.unreachable_error,
+        "issuer": rec.issuer,
     }
 
 

@@ -24,8 +24,16 @@ from pathlib import Path
 from certfab.certs import parse_pem
 from certfab.facts import ConfigFile, HostFacts, facts_context, parse_facts
 from certfab.inventory import Host, Inventory
-from certfab.paths import CRON_FILE, HOST_CONFIG_DIR, LETSENCRYPT_LIVE, RENEW_SCRIPT, STATE_DIR
+from certfab.paths import (
+    CRON_FILE,
+    HOST_CONFIG_DIR,
+    LETSENCRYPT_LIVE,
+    RENEW_SCRIPT,
+    SHARED_LINEAGES,
+    STATE_DIR,
+)
 from certfab.protocol import Reply
+from certfab.shared import stamp_view
 from certfab.templating import TEMPLATES_DIR
 
 STAMP_FILE = f"{STATE_DIR}/stamp"
@@ -38,6 +46,7 @@ MAX_TRUST = timedelta(days=7)
 WATCHED = (
     "/etc/nginx",
     LETSENCRYPT_LIVE,
+    SHARED_LINEAGES,
     "/etc/letsencrypt/renewal",
     HOST_CONFIG_DIR,
     "/etc/cron.d",
@@ -90,6 +99,7 @@ def input_key(host: Host, inventory: Inventory, acme_ca_pem: str | None) -> str:
         code_digest(),
         # host.dns01's credentials show as their sha256 only: a changed file changes the key.
         repr((host.name, host.webroot, host.sites, host.certbot, host.renewal, host.tls, host.dns01)),
+        repr(stamp_view(inventory, host)),
         repr((acme.email, acme.server, acme.server_name, acme.key_type)),
         acme_ca_pem or "",
     ]
@@ -139,10 +149,12 @@ def recheck_time(host: Host, facts: HostFacts, now: datetime) -> datetime:
     latest = now + MAX_TRUST
     for site in host.sites:
         lineage = facts.lineages.get(site.name)
-        if lineage is None:
+        # A shared site's peer (or a new issuer) serves certfab's copy of the issuer's lineage.
+        pem = lineage.cert_pem if lineage is not None else facts.shared_copies.get(site.name)
+        if pem is None:
             return now
         try:
-            info = parse_pem(lineage.cert_pem)
+            info = parse_pem(pem)
         except ValueError:
             return now
         latest = min(latest, info.renew_at)

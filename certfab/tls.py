@@ -413,6 +413,11 @@ def render_acme_include(webroot: str = DEFAULT_WEBROOT) -> str:
     return render("acme-challenge.conf.j2", webroot=webroot.rstrip("/") or "/")
 
 
+def render_acme_proxy(site_name: str, issuer: str, address: str) -> str:
+    """Render a peer's ACME location for a shared site: challenges go to the issuing host's port 80."""
+    return render("acme-challenge-proxy.conf.j2", site_name=site_name, issuer=issuer, address=address)
+
+
 def render_managed_site(
     site_name: str,
     domains: Sequence[str],

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from certfab.renewal_status import RenewalStatus
     from certfab.report import CertRecord
 
-__all__ = ["bootstrap", "deploy_all", "facts", "history", "plan", "renew_now", "report_expiry"]
+__all__ = ["bootstrap", "deploy_all", "facts", "history", "plan", "renew_now", "report_expiry", "sync"]
 
 _HELP = {
     "inventory": "inventory file (default: $CERTFAB_INVENTORY or ./inventory.yaml)",
@@ -106,13 +106,25 @@ def _bootstrap_fleet(c: Context, hosts: tuple[Host, ...], inv: Inventory, *, che
     config = fabric_config(c)
     stop = Stop()
 
+    from certfab.shared import shared_sites
+    from certfab.sync import deploy_shared, hold_for
+
+    # Shared sites: the first pass holds the issuers' orders until every backend answers the challenge.
+    passes = {"first": not check and title == "deploy-all" and bool(shared_sites(inv))}
+
     def pipeline(session: HostSession) -> BootstrapResult:
-        return bootstrap_host(session, check=check, acme_ca_pem=acme_ca, directory=directory, guard=guard)
+        hold = hold_for(session.inventory, session.host) if passes["first"] else frozenset()
+        return bootstrap_host(session, check=check, acme_ca_pem=acme_ca, directory=directory, guard=guard,
+                              hold=hold)
 
     # Ctrl-C starts no new host; running ones finish (commit or roll back) and the recap says so.
     with ctrl_c_stops(stop), LiveProgress([h.name for h in hosts], title) as progress:
         outcomes = run_with_canary(hosts, inv, pipeline, canary=canary, stop=stop, parallel=parallel,
                                    accept_new=accept_new, config=config, progress=progress)
+        if passes["first"] and not stop.is_set():
+            passes["first"] = False
+            outcomes = deploy_shared(inv, hosts, outcomes, pipeline, parallel=parallel, accept_new=accept_new,
+                                     config=config, progress=progress, stop=stop)
     interrupted = stop.is_set() and stop.reason == "interrupted"
     rows = recap_rows(outcomes)
     log = write_run_log(rows, "plan" if check else title,
@@ -212,6 +224,37 @@ def deploy_all(c: Context, inventory: str | None = None, limit: str | None = Non
 
 @task(help=helps("inventory", "limit", "accept_new", "json", "parallel"))
 @reports_errors
+def sync(c: Context, inventory: str | None = None, limit: str | None = None, accept_new: bool = False,
+         json_: bool = False, parallel: int = 20) -> None:
+    """Bring the peers of shared sites up to date with their issuer's certificate (and nothing else)."""
+    from certfab.cli import LiveProgress, OptionError, exit_with, fabric_config, inventory_for, say, stdout
+    from certfab.fleet import Stop, ctrl_c_stops
+    from certfab.recap import fleet_exit_code, recap_rows, recap_table, write_run_log
+    from certfab.sync import sync_fleet
+
+    if parallel < 1:
+        raise OptionError(f"--parallel: {parallel} is not a positive number of hosts")
+    inv = inventory_for(c, inventory)
+    hosts = inv.select(limit)
+    stop = Stop()
+    with ctrl_c_stops(stop), LiveProgress([h.name for h in hosts], "sync") as progress:
+        outcomes, _plan = sync_fleet(inv, hosts, parallel=parallel, accept_new=accept_new, config=fabric_config(c),
+                                     progress=progress, stop=stop)
+    interrupted = stop.is_set() and stop.reason == "interrupted"
+    rows = recap_rows(outcomes)
+    log = write_run_log(rows, "sync", meta={"parallel": parallel, "interrupted": interrupted})
+    if json_:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+    elif not outcomes:
+        say("no shared site among the selected hosts: nothing to sync")
+    else:
+        stdout.print(recap_table(rows, "sync recap"))
+    say(f"run log: {log}")
+    exit_with(fleet_exit_code(outcomes, interrupted=interrupted))
+
+
+@task(help=helps("inventory", "limit", "accept_new", "json", "parallel"))
+@reports_errors
 def renew_now(c: Context, inventory: str | None = None, limit: str | None = None, accept_new: bool = False,
               json_: bool = False, parallel: int = 10) -> None:
     """Run the installed renewal script on hosts now and show its result."""
@@ -261,6 +304,7 @@ def report_expiry(c: Context, inventory: str | None = None, limit: str | None = 
     from certfab.report import (
         Thresholds,
         build_report,
+        link_shared,
         to_csv,
         to_html,
         to_json,
@@ -269,6 +313,7 @@ def report_expiry(c: Context, inventory: str | None = None, limit: str | None = 
     )
     from certfab.report import exit_code as report_exit_code
     from certfab.reports_out import save_report, send_digest, write_text
+    from certfab.shared import shared_sites
 
     output_format = "json" if json_ else format
     if output_format not in ("table", "json", "csv"):
@@ -289,7 +334,9 @@ def report_expiry(c: Context, inventory: str | None = None, limit: str | None = 
     with LiveProgress([h.name for h in hosts], "report-expiry") as progress:
         outcomes = run_fleet(hosts, inv, pipeline, parallel=parallel, accept_new=accept_new,
                              config=fabric_config(c), progress=progress)
-    report = build_report(unreachable_records(outcomes, {h.name: h for h in hosts}), thresholds=thresholds)
+    issuers = {name: site.issuer.name for name, site in shared_sites(inv).items()}
+    records = link_shared(unreachable_records(outcomes, {h.name: h for h in hosts}), issuers)
+    report = build_report(records, thresholds=thresholds)
     saved = save_report(report)
     if output_format in ("json", "csv"):
         # Raw text: a console would fold long lines and replace :emoji: codes, breaking the format.

@@ -37,6 +37,7 @@ MODULE_HOSTS = {
     "test_acme_now": ("web21", "web22", "web23"),
     "test_lifecycle": ("web19", "web20"),
     "test_dns01": ("web27",),
+    "test_shared": ("web24", "web25", "web26"),
 }
 
 

@@ -14,7 +14,7 @@ PURE_MODULES = (
     "certfab.remote_scripts", "certfab.templating", "certfab.textsafe", "certfab.transaction",
     "certfab.issue", "certfab.outcome", "certfab.paths", "certfab.errors", "certfab.plan", "certfab.nginx",
     "certfab.renewal_status", "certfab.renewal_run", "certfab.tlsdefaults", "certfab.origin", "certfab.offboard", "certfab.lint",
-    "certfab.renewalconf", "certfab.acmedir",
+    "certfab.renewalconf", "certfab.acmedir", "certfab.shared",
 )
 IO_LIBRARIES = ("fabric", "paramiko", "invoke")
 

@@ -259,6 +259,7 @@ class TestJSON:
             "renewal",
             "cron_present",
             "unreachable_error",
+            "issuer",
         }
         assert first["status"] == "expired"
         assert first["days_left"] == pytest.approx(-2)
