@@ -221,14 +221,6 @@ def test_the_cron_script_renews_the_wildcard_through_dns(lab: Lab, internal: Pat
     assert mails, "no renewal mail"
 
 
-def test_uninstall_takes_the_credentials_away(lab: Lab, internal: Path) -> None:
-    result = fab(lab, internal, "-H", HOST, "uninstall")
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert sh(lab, "ls -A /etc/certfab 2>/dev/null; true").split() == []
-    # the site keeps HTTPS (certfab's includes inlined) though nothing renews it any more
-    assert served(lab, UNDER_WILDCARD)[0] == 200
-
-
 def test_no_output_or_run_log_holds_the_credentials(lab: Lab, internal: Path) -> None:
     secret = secret_of(lab)
     logs = [p for p in (REPO_DIR / "reports").glob("*.json") if p.stat().st_mtime >= STARTED[0] - 1]
