@@ -168,6 +168,11 @@ def test_remove_site_is_refused_while_the_inventory_lists_it(lab: Lab, web19_hea
     assert result.returncode == 2, result.stderr
     assert "still lists web19" in labhelpers.one_error_line(result.stderr)
     assert labhelpers.snapshot(lab, WEB19, ("/etc/nginx", "/etc/letsencrypt") + CERTFAB_PATHS) == before
+    # --check shows what it would do and does nothing
+    planned = fab_ok(lab, "-H", WEB19, "remove-site", "web19", "--force", "--check")
+    assert f"--- {SITE_FILE.format(host=WEB19)}" in planned.stdout, planned.stdout
+    assert "would delete certificate web19" in planned.stdout
+    assert labhelpers.snapshot(lab, WEB19, ("/etc/nginx", "/etc/letsencrypt") + CERTFAB_PATHS) == before
 
 
 def test_remove_site_gives_back_the_plain_site_and_revokes(lab: Lab, web19_headers_site: HeadersSite) -> None:
@@ -341,6 +346,10 @@ def test_lint_reports_a_hand_written_server_and_fixes_it(
     assert text.returncode == 2
     assert f"{WEB20}: {nginx_path}:{line_of(legacy, 'ssl on;')}: error:" in text.stdout, text.stdout
 
+    before = labhelpers.snapshot(lab, WEB20, ("/etc/nginx",))
+    shown = fab(lab, "-H", WEB20, "lint", "--fix", "--check")
+    assert shown.returncode == 2 and f"+++ {SITE_FILE.format(host=WEB20)}" in shown.stdout, shown.stdout
+    assert labhelpers.snapshot(lab, WEB20, ("/etc/nginx",)) == before
     fixed = fab(lab, "-H", WEB20, "lint", "--fix")
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
     assert f"--- {SITE_FILE.format(host=WEB20)}" in fixed.stdout  # the diff of the fix is shown
