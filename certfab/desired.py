@@ -102,7 +102,7 @@ def site_certificate(site: Site, facts: HostFacts, role: Role) -> str | None:
     return facts.shared_copies.get(site.name)
 
 
-def decide_certificate(site: Site, facts: HostFacts, now: datetime, acme: AcmeSettings | None = None,
+def decide_certificate(site: Site, facts: HostFacts, now: datetime, acme: AcmeSettings | None = None, *,
                        role: Role = "alone") -> CertDecision:
     """Keep a valid certificate with exactly the site's names, server, key type and profile; else say what to order.
 

@@ -138,7 +138,7 @@ def stamp_if_converged(
     host, facts = remote.host, observed.facts
     if facts.journal.strip():
         return False
-    if any(decide_certificate(site, facts, now, inventory.acme, role_of(inventory, host, site)).needs_order
+    if any(decide_certificate(site, facts, now, inventory.acme, role=role_of(inventory, host, site)).needs_order
            for site in host.sites):
         return False
     desired = desired_state(host, inventory, facts, https_sites=frozenset(s.name for s in host.sites),

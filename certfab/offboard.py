@@ -18,13 +18,14 @@ from certfab.nginx.edits import revert_https
 from certfab.nginx.lexer import Statement, parse_text, walk_statements
 from certfab.nginx.model import redirect_marker, resolve_path
 from certfab.origin import ORIGIN_DIR, invert, origin_path, parse_origin
-from certfab.paths import ACME_CA, ACME_INCLUDE, HSTS_INCLUDE, NGINX_CERTFAB_DIR
+from certfab.paths import ACME_CA, ACME_INCLUDE, HSTS_INCLUDE, MANAGED_SITE_DIR, NGINX_CERTFAB_DIR
 from certfab.tls import managed_site_path, site_include_path
 from certfab.transaction import FileWrite, expect_as_read
 
 # certbot's revocation reasons (RFC 5280 names as certbot spells them).
 REVOKE_REASONS = ("unspecified", "keycompromise", "affiliationchanged", "superseded", "cessationofoperation")
 _SITE_INCLUDE = re.compile(r"^site-([A-Za-z0-9][A-Za-z0-9._-]*)\.conf$")
+_MANAGED_SITE = re.compile(rf"^{re.escape(MANAGED_SITE_DIR)}/certfab-([A-Za-z0-9][A-Za-z0-9._-]*)\.conf$")
 
 
 @dataclass(frozen=True)
@@ -72,9 +73,11 @@ def _site_writes(host: str, site: str, facts: HostFacts) -> tuple[dict[str, str 
     out: dict[str, str | None] = {}
     warnings: list[str] = []
     record = parse_origin(facts.owned_files.get(origin_path(site)), site)
+    # A record may only give back nginx files (never certfab's own or any other file it names).
+    nginx_texts = {f.real_path: f.text for f in facts.nginx.files.values()} if facts.nginx is not None else {}
     if record is not None:
         for entry in record.files:
-            now = current.get(entry.path)
+            now = nginx_texts.get(entry.path) if entry.path not in facts.owned_files else None
             if now is None:
                 warnings.append(f"{host}: site {site}: {entry.path} is no longer part of nginx's configuration; "
                                 "left as it is")
@@ -207,19 +210,28 @@ def plan_uninstall(host: str, facts: HostFacts, *, restore_http: bool, keep_cert
             domains += _site_domains(site, facts, ())
     nginx = working.nginx
     assert nginx is not None
+    taken = {f.real_path for f in nginx.files.values()} | set(working.owned_files)
     for config in nginx.files.values():
-        if (config.real_path in final and final[config.real_path] is None) or config.real_path in working.owned_files:
+        if config.real_path in final and final[config.real_path] is None:
+            continue
+        managed = _MANAGED_SITE.match(config.real_path)
+        if config.real_path in working.owned_files and not managed:
             continue  # certfab's own files go
         inlined = inline_includes(config.text, config.path, nginx.prefix, working.owned_files)
-        if inlined != config.text:
+        if managed:
+            # A site certfab wrote stays served, under a name of the site's own.
+            name = f"{MANAGED_SITE_DIR}/{managed.group(1)}.conf"
+            while name in taken:
+                name = name[: -len(".conf")] + "-site.conf"
+            taken.add(name)
+            final[name] = inlined
+            final[config.real_path] = None
+            warnings.append(f"{host}: {config.real_path} (a site certfab wrote) is now {name}")
+        elif inlined != config.text:
             final[config.real_path] = inlined
     for path in working.owned_files:
         if path in final or (path == ACME_CA and lineages):
             continue  # certbot still needs the ACME server's CA to revoke or delete: removed last
-        if path.startswith("/etc/nginx/conf.d/certfab-"):
-            warnings.append(f"{host}: {path} (a site certfab wrote) stays, its includes inlined; remove it "
-                            "when the site goes")
-            continue
         final[path] = None
     if not restore_http and facts.lineages:
         warnings.append(f"{host}: nothing renews the certificates any more ({', '.join(sorted(facts.lineages))}); "
@@ -231,9 +243,10 @@ def plan_uninstall(host: str, facts: HostFacts, *, restore_http: bool, keep_cert
         # checked over HTTPS once the includes are inlined
         domains = [d for site in certfab_sites(facts) if site in facts.lineages for d in _site_domains(site, facts, ())]
     current = current_files(facts)
-    changes = tuple(Change(p, current[p], t) for p, t in final.items() if p in current)
-    writes = expect_as_read([FileWrite(p, t or "", None, remove=t is None) for p, t in final.items() if p in current],
-                            current)
+    final = {p: t for p, t in final.items() if p in current or t is not None}
+    changes = tuple(Change(p, current.get(p, ""), t) for p, t in final.items())
+    writes = expect_as_read([FileWrite(p, t or "", None if p in current else "0644", remove=t is None)
+                             for p, t in final.items()], current)
     return Offboarding(host, changes, tuple(writes), tuple(lineages), tuple(domains), tuple(warnings))
 
 

@@ -205,10 +205,16 @@ def make_plan(host: Host, inventory: Inventory, facts: HostFacts, *, now: dateti
     warnings = list(preflight(host, facts))
     # Before any change: a required profile the CA lacks stops the host here.
     warnings += check_profiles(host, directory)
+    warnings += [
+        f"{host.name}: site {s.name} is shared and issued by another host, but certbot here still renews a lineage "
+        f"of that name ({paths.renewal_conf(s.name)}): two hosts would renew it; delete it here (certbot delete "
+        f"--cert-name {s.name})"
+        for s in host.sites if role_of(inventory, host, s) == "peer" and s.name in facts.lineages
+    ]
     recover = bool(facts.journal.strip())
     if recover:
         warnings.insert(0, f"{host.name}: an unfinished earlier run will be rolled back first")
-    decisions = {s.name: decide_certificate(s, facts, now, inventory.acme, role_of(inventory, host, s))
+    decisions = {s.name: decide_certificate(s, facts, now, inventory.acme, role=role_of(inventory, host, s))
                  for s in host.sites}
     ready = frozenset(name for name, d in decisions.items() if d.ready)
     before = current_files(facts)

@@ -54,9 +54,14 @@ def remove_site(c: Context, name: str, inventory: str | None = None, revoke: boo
     from certfab.fleet import run_fleet
     from certfab.offboard import REVOKE_REASONS
     from certfab.offboarding import remove_site as remove
+    from certfab.validate import Invalid, site_name
 
     if not getattr(c, "host", None):
         raise OptionError("remove-site works on one host: name it with -H")
+    try:
+        site_name(name)
+    except Invalid as exc:
+        raise OptionError(f"NAME: {name!r} {exc}") from None
     if reason not in REVOKE_REASONS:
         raise OptionError(f"--reason: {reason!r} is not one of {', '.join(REVOKE_REASONS)}")
     if revoke and keep_certificate:

@@ -168,6 +168,11 @@ def test_remove_site_is_refused_while_the_inventory_lists_it(lab: Lab, web19_hea
     assert result.returncode == 2, result.stderr
     assert "still lists web19" in labhelpers.one_error_line(result.stderr)
     assert labhelpers.snapshot(lab, WEB19, ("/etc/nginx", "/etc/letsencrypt") + CERTFAB_PATHS) == before
+    # --check shows what it would do and does nothing
+    planned = fab_ok(lab, "-H", WEB19, "remove-site", "web19", "--force", "--check")
+    assert f"--- {SITE_FILE.format(host=WEB19)}" in planned.stdout, planned.stdout
+    assert "would delete certificate web19" in planned.stdout
+    assert labhelpers.snapshot(lab, WEB19, ("/etc/nginx", "/etc/letsencrypt") + CERTFAB_PATHS) == before
 
 
 def test_remove_site_gives_back_the_plain_site_and_revokes(lab: Lab, web19_headers_site: HeadersSite) -> None:

@@ -282,3 +282,23 @@ def test_removing_the_issuer_hands_issuing_over_without_an_order(lab: Lab, tmp_p
     assert rows[(peer, "shop")]["issuer"] == new_issuer
     assert "shared site: this host issues it" in rows[(new_issuer, "shop")]["notes"]
     assert re.search(r"ok|warn", rows[(peer, "shop")]["status"])
+
+
+def test_a_backend_that_cannot_answer_the_challenge_stops_the_order(lab: Lab, backends: tuple[str, ...],
+                                                                     tmp_path: Path) -> None:
+    blog = {"name": "blog", "domains": ["blog.shared.test"], "root": "/var/www/blog"}
+    pair = (ISSUER, PEERS[1])
+    lab.set_dns("blog.shared.test", *(lab.info.host(h).address for h in pair))
+    path = write_inventory(lab, tmp_path, pair, {h: [blog] for h in pair})
+    before = orders(lab)
+    lab.stop_host(PEERS[1])
+    try:
+        result = cli(lab, path, "deploy-all", "--json")
+    finally:
+        lab.start_host(PEERS[1])
+    assert result.returncode == 1
+    rows = {row["host"]: row for row in json.loads(result.stdout)}
+    error = rows[ISSUER]["error"] or ""
+    address = lab.info.host(PEERS[1]).address
+    assert "self-test failed" in error and f"blog.shared.test on backend {PEERS[1]} ({address})" in error, error
+    assert orders(lab) == before

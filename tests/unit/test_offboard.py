@@ -80,3 +80,21 @@ def test_a_site_converted_without_a_record_gets_certfabs_lines_taken_back() -> N
     plan = plan_removal("web1", "example", replace(after, owned_files=owned), keep_certificate=False)
     text = next(w.content for w in plan.writes if w.path == site_file(after).real_path)
     assert text == site_file(start).text  # here even byte for byte: certfab's edits are that regular
+
+
+def test_uninstall_keeps_a_managed_site_under_a_name_of_its_own() -> None:
+    from certfab.facts import Lineage
+
+    app = {"name": "app", "domains": ["app.example.com"], "root": "/var/www/app"}
+    cert = lineage(["app.example.com"], left_days=80)
+    start = facts({"example": lineage(["example.com", "www.example.com"], left_days=80),
+                   "app": Lineage("app", cert.cert_pem, "")})
+    after = converged(plan_for(start, [EXAMPLE, app]), start)
+    assert "/etc/nginx/conf.d/certfab-app.conf" in after.owned_files
+    plan = plan_uninstall("web1", after, restore_http=False, keep_certificates=False)
+    by_path = {w.path: w for w in plan.writes}
+    assert by_path["/etc/nginx/conf.d/certfab-app.conf"].remove
+    kept = by_path["/etc/nginx/conf.d/app.conf"]
+    assert not kept.remove and kept.expected_sha256 == "absent"
+    assert "/etc/nginx/certfab/" not in kept.content and "server_name app.example.com;" in kept.content
+    assert "ssl_certificate /etc/letsencrypt/live/app/fullchain.pem;" in kept.content

@@ -122,6 +122,12 @@ class TestDecisions:
         assert "root /var/www/letsencrypt;" in files[acme_include_path("shop")]
         assert "ssl_certificate /etc/letsencrypt/live/shop/fullchain.pem;" in files[site_include_path("shop")]
 
+    def test_a_peer_that_still_renews_the_site_itself_is_warned_about(self) -> None:
+        inv = inventory(**FLEET)
+        live = certificate(NAMES, 90, 60)
+        plan = make_plan(inv.hosts[1], inv, peer_facts(live, live=live), now=NOW, acme_ca_pem=None)
+        assert any("two hosts would renew it" in w for w in plan.warnings), plan.warnings
+
     def test_held_orders_are_not_orders_yet(self) -> None:
         inv = inventory(**FLEET)
         plan = make_plan(inv.hosts[0], inv, peer_facts(), now=NOW, acme_ca_pem=None, hold=frozenset({"shop"}))
