@@ -104,9 +104,10 @@ def shared_bootstrapped() -> HostFacts:
     """web1 issuing `example`, which web2 also serves (a shared site), after bootstrap."""
     from pathlib import Path
 
+    from test_desired import NOW
+
     from certfab.inventory import parse_inventory
     from certfab.plan import make_plan
-    from test_desired import NOW
 
     inv = parse_inventory({
         "acme": {"email": "admin@example.com", "server": "staging"},
