@@ -133,6 +133,10 @@ def plan_removal(host: str, site: str, facts: HostFacts, *, keep_certificate: bo
     writes = expect_as_read([FileWrite(p, text or "", None, remove=text is None) for p, text in new.items()],
                             current)
     lineages = (site,) if site in facts.lineages and not keep_certificate else ()
+    if keep_certificate and site in facts.lineages and writes:
+        warnings.append(f"{host}: certificate {site} stays; certbot renew still tries to renew it, and its HTTP-01 "
+                        "validation fails once the site no longer serves /.well-known/acme-challenge/ "
+                        f"(run remove-site {site} again without --keep-certificate to delete it)")
     return Offboarding(host, changes, tuple(writes), lineages, _site_domains(site, facts, listed_domains),
                        tuple(warnings))
 
