@@ -39,8 +39,9 @@ def read_dhparams(session: HostSession, facts: HostFacts) -> dict[str, int | Non
     return bits
 
 
-def lint_host(session: HostSession, *, fix: bool) -> LintResult:
-    """Lint one host; with fix, apply the fixable findings' fixes through the transaction, then lint again."""
+def lint_host(session: HostSession, *, fix: bool, check: bool = False) -> LintResult:
+    """Lint one host; with fix, apply the fixable findings' fixes through the transaction, then lint again
+    (with check as well: only show the fixes' diffs)."""
     host = session.host
     session.step("reading facts")
     facts = gather(session.remote)
@@ -59,6 +60,8 @@ def lint_host(session: HostSession, *, fix: bool) -> LintResult:
     result.diffs = ["".join(difflib.unified_diff(files[p].text.splitlines(keepends=True), text.splitlines(keepends=True),
                                                  fromfile=files[p].real_path, tofile=files[p].real_path))
                     for p, text in changed.items()]
+    if check:
+        return result
     run = HostRun(session, acme_ca_pem=None, now=datetime.now(timezone.utc), result=BootstrapResult(host.name))
     try:
         run.take_lock()

@@ -105,10 +105,11 @@ def uninstall(c: Context, inventory: str | None = None, restore_http: bool = Fal
 
 
 @task(help={**helps("inventory", "limit", "accept_new", "json", "parallel"),
-            "fix": "apply the safe fixes (shown as diffs) as one transaction: nginx -t, reload, rollback on failure"})
+            "fix": "apply the safe fixes (shown as diffs) as one transaction: nginx -t, reload, rollback on failure",
+            "check": "with --fix: only show the diffs of the fixes, change nothing"})
 @reports_errors
 def lint(c: Context, inventory: str | None = None, limit: str | None = None, fix: bool = False,
-         accept_new: bool = False, json_: bool = False, parallel: int = 10) -> None:
+         check: bool = False, accept_new: bool = False, json_: bool = False, parallel: int = 10) -> None:
     """List what is wrong with the TLS configuration on hosts (file:line, problem, fix); exit 0/1/2."""
     import json
 
@@ -121,7 +122,7 @@ def lint(c: Context, inventory: str | None = None, limit: str | None = None, fix
     inv = inventory_for(c, inventory)
     hosts = target_hosts(c, inv, limit)
     with LiveProgress([h.name for h in hosts], "lint") as progress:
-        outcomes = run_fleet(hosts, inv, lambda session: lint_host(session, fix=fix), parallel=parallel,
+        outcomes = run_fleet(hosts, inv, lambda session: lint_host(session, fix=fix, check=check), parallel=parallel,
                              accept_new=accept_new, config=fabric_config(c), progress=progress)
     if json_:
         sys.stdout.write(json.dumps([

@@ -346,6 +346,10 @@ def test_lint_reports_a_hand_written_server_and_fixes_it(
     assert text.returncode == 2
     assert f"{WEB20}: {nginx_path}:{line_of(legacy, 'ssl on;')}: error:" in text.stdout, text.stdout
 
+    before = labhelpers.snapshot(lab, WEB20, ("/etc/nginx",))
+    shown = fab(lab, "-H", WEB20, "lint", "--fix", "--check")
+    assert shown.returncode == 2 and f"+++ {SITE_FILE.format(host=WEB20)}" in shown.stdout, shown.stdout
+    assert labhelpers.snapshot(lab, WEB20, ("/etc/nginx",)) == before
     fixed = fab(lab, "-H", WEB20, "lint", "--fix")
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
     assert f"--- {SITE_FILE.format(host=WEB20)}" in fixed.stdout  # the diff of the fix is shown
