@@ -23,11 +23,12 @@ from certfab.paths import (
     RENEW_ENV,
     RENEW_SCRIPT,
     TLS_OPTIONS,
+    dns_credentials_path,
     renewal_conf,
 )
 from certfab.shared import Role, acme_include_path, lineage_dir, role_of, url_host
 from certfab.tls import managed_site_path, site_include_path
-from certfab.transaction import FileWrite, expect_as_read
+from certfab.transaction import FileWrite, expect_as_read, text_sha256
 
 # Bootstrap renews early when less than this fraction of a certificate's lifetime is left.
 
@@ -36,7 +37,16 @@ from certfab.transaction import FileWrite, expect_as_read
 CertAction = Literal["keep", "issue", "renew", "change-names", "await"]
 # Why a certificate is kept or ordered, for people (reason) and for programs (cause).
 CertCause = Literal["valid", "no-certificate", "unreadable", "names-changed", "expired", "lifetime-left",
-                    "server-changed", "key-type-changed", "profile-changed", "from-issuer"]
+                    "server-changed", "key-type-changed", "profile-changed", "from-issuer",
+                    "challenge-changed"]
+
+
+def lineage_challenge(conf: str) -> str | None:
+    """The challenge a lineage renews with, from certbot's renewal config (None: not stated)."""
+    authenticator = renewalconf.renewal_params(conf).get("authenticator")
+    if not authenticator:
+        return None
+    return "dns-01" if authenticator.startswith("dns-") else "http-01"
 
 
 @dataclass(frozen=True)
@@ -125,6 +135,11 @@ def decide_certificate(site: Site, facts: HostFacts, now: datetime, acme: AcmeSe
     if info.not_after <= now:
         return CertDecision(site.name, "renew", "certificate expired", "expired")
     lineage = facts.lineages.get(site.name) if serves_live(site, facts, role) else None
+    renews_with = lineage_challenge(lineage.renewal_conf) if lineage is not None else None
+    if renews_with is not None and renews_with != site.challenge:
+        # Its renewals would keep the old challenge (e.g. HTTP-01 on a host now closed to the CA).
+        return CertDecision(site.name, "renew", f"challenge changed ({renews_with} -> {site.challenge})",
+                            "challenge-changed")
     changed = _changed_order(site, acme, info.key_type, lineage.renewal_conf) if lineage is not None else None
     if changed is not None:
         return changed
@@ -342,8 +357,8 @@ def desired_state(
     writes: dict[str, FileWrite] = {}
     probe_paths: dict[str, tuple[str, ...]] = {}
 
-    def put(path: str, content: str, mode: str = "0644") -> None:
-        writes[path] = FileWrite(path, content, mode)
+    def put(path: str, content: str, mode: str = "0644", *, secret: bool = False) -> None:
+        writes[path] = FileWrite(path, content, mode, secret=secret)
 
     version = host_tls(facts)
     http2_in_listen = tls.http2_style(version) == "listen"
@@ -359,10 +374,14 @@ def desired_state(
             put(acme_includes[site.name], tls.render_acme_proxy(site.name, issuer.name, url_host(issuer.address)))
     if acme_ca_pem is not None:
         put(ACME_CA, acme_ca_pem)
+    credentials = None
+    if host.dns01 is not None:
+        credentials = dns_credentials_path(host.dns01.plugin)
+        put(credentials, host.dns01.credentials.text, "0600", secret=True)
     put(RENEW_SCRIPT, renewal.render_renew_script(), "0700")
     schedule = renewal_schedule(host, facts)
     put(RENEW_ENV, renewal.render_renew_env(host, host.certbot, schedule, host.webroot,
-                                            ACME_CA if acme_ca_pem is not None else None), "0600")
+                                            ACME_CA if acme_ca_pem is not None else None, credentials), "0600")
     put(CRON_FILE, renewal.render_cron(host.name, schedule))
     if https_sites:
         dhparam = None
@@ -393,16 +412,19 @@ def desired_state(
         managed_file = managed_site_path(site.name)
         if site.managed and (all(b is None for b in existing) or
                              all(b is not None and b.file == managed_file for b in existing)):
-            put(
-                managed_file,
-                tls.render_managed_site(
-                    site.name, site.domains, site.root, site.upstream,
-                    phase="https" if https else "http",
-                    acme_include=acme_includes[site.name],
-                    site_include=site_include_path(site.name),
-                    http2_in_listen=http2_in_listen,
-                ),
-            )
+            # A DNS-01 site without a redirect has no port-80 block: nothing to serve before its certificate.
+            if https or site.redirect:
+                put(
+                    managed_file,
+                    tls.render_managed_site(
+                        site.name, site.domains, site.root, site.upstream,
+                        phase="https" if https else "http",
+                        acme_include=None if site.dns01 else acme_includes[site.name],
+                        site_include=site_include_path(site.name),
+                        http2_in_listen=http2_in_listen,
+                        redirect=site.redirect,
+                    ),
+                )
             continue
         start = dict(texts)
         # Edit the site's existing blocks one change at a time, re-reading positions after each.
@@ -476,7 +498,7 @@ def _next_edit(
         block = served_block(tree, domain, 80)
         if block is None:
             continue
-        if not block.has_include(acme_include):
+        if not block.has_include(acme_include) and not site.dns01:
             other = ACME_INCLUDE if acme_include != ACME_INCLUDE else acme_include_path(site.name)
             if block.has_include(other):
                 # Two ACME locations in one block would fail `nginx -t`: the site changed between shared and not.
@@ -509,9 +531,12 @@ def _redirect_source_names(
 
 
 def changed_writes(desired: Desired, facts: HostFacts) -> list[FileWrite]:
-    """Only the files whose content differs from what is on the host."""
+    """Only the files whose content differs from what is on the host (secrets: by sha256)."""
     current = current_files(facts)
-    return [w for w in desired.writes if current.get(w.path) != w.content]
+    return [
+        w for w in desired.writes
+        if (facts.secret_files.get(w.path) != text_sha256(w.content) if w.secret else current.get(w.path) != w.content)
+    ]
 
 
 def current_files(facts: HostFacts) -> dict[str, str]:
@@ -531,11 +556,14 @@ def updated_facts_files(facts: HostFacts, writes: list[FileWrite]) -> HostFacts:
         path: replace(f, text=by_real.get(f.real_path, f.text)) for path, f in facts.nginx.files.items()
     }
     owned = dict(facts.owned_files)
+    secrets = dict(facts.secret_files)
     for w in writes:
-        if w.path not in {f.real_path for f in facts.nginx.files.values()}:
+        if w.secret:
+            secrets[w.path] = text_sha256(w.content)
+        elif w.path not in {f.real_path for f in facts.nginx.files.values()}:
             owned[w.path] = w.content
     # New managed-site files become part of nginx's tree through conf.d's include.
     for w in writes:
         if w.path.startswith(MANAGED_SITE_DIR + "/certfab-") and w.path not in files:
             files[w.path] = ConfigFile(w.path, w.path, w.content)
-    return replace(facts, nginx=replace(facts.nginx, files=files), owned_files=owned)
+    return replace(facts, nginx=replace(facts.nginx, files=files), owned_files=owned, secret_files=secrets)

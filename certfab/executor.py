@@ -289,7 +289,7 @@ def execute(run: HostRun, plan: Plan, observed: Observed | None, key: str | None
         # Some orders failed: switch only the sites that have their certificate now.
         desired_b = desired_state(host, session.inventory, facts_a, https_sites=https_now,
                                   acme_ca_pem=run.acme_ca_pem)
-        writes_b = expect_as_read(changed_writes(desired_b, facts_a), current_files(facts_a))
+        writes_b = expect_as_read(changed_writes(desired_b, facts_a), current_files(facts_a), facts_a.secret_files)
     # certbot has just written the new lineages' renewal configuration: give each its renewal margin.
     for name, pem in sorted(issued.issued.items()):
         conf = renewal_conf_write(name, pem, issued.renewal_confs.get(name, ""))

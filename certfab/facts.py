@@ -12,7 +12,15 @@ from certfab import includes
 from certfab.errors import PreflightError
 from certfab.inventory import Host
 from certfab.origin import ORIGIN_DIR
-from certfab.paths import CRON_FILE, HOST_CONFIG_DIR, JOURNAL, NGINX_CERTFAB_DIR, RENEW_SCRIPT, STATUS_FILE
+from certfab.paths import (
+    CRON_FILE,
+    DNS_CREDENTIALS_DIR,
+    HOST_CONFIG_DIR,
+    JOURNAL,
+    NGINX_CERTFAB_DIR,
+    RENEW_SCRIPT,
+    STATUS_FILE,
+)
 from certfab.protocol import Reply
 from certfab.renewal_status import RenewalStatus, parse_status
 
@@ -45,6 +53,7 @@ def facts_context(host: Host, *, nginx: bool = True) -> dict[str, object]:
         "journal": JOURNAL,
         "status_file": STATUS_FILE,
         "owned_globs": [{"dir": d, "pattern": g} for d, g in OWNED_GLOBS],
+        "secret_dir": DNS_CREDENTIALS_DIR,
         "nginx": nginx,
         "probe": False,
         "stamp_key": None,
@@ -114,6 +123,8 @@ class HostFacts:
     owned_files: dict[str, str]
     journal: str
     status: RenewalStatus | None = field(default=None)
+    # Secret files certfab installed (DNS plugin credentials): path -> sha256, never their content.
+    secret_files: dict[str, str] = field(default_factory=dict)
     # Copies of shared sites' lineages (certfab's, under paths.SHARED_LINEAGES): site -> cert.pem.
     shared_copies: dict[str, str] = field(default_factory=dict)
 
@@ -195,6 +206,7 @@ def parse_facts(host: str, reply: Reply, nginx_files: dict[str, ConfigFile] | No
         owned_files={f.arg: f.text for f in reply.all("owned-file")},
         journal="\n".join(f.text for f in reply.all("journal")),
         status=status,
+        secret_files={f.arg: f.text.split()[0] for f in reply.all("secret-sha256") if f.text.split()},
         shared_copies={f.arg: f.body.decode("ascii", errors="replace") for f in reply.all("shared-cert")},
     )
 

@@ -189,7 +189,8 @@ def host_records(session: HostSession, *, timeout: float = 10.0) -> list[CertRec
         for domain in disk.names:
             result = probes.get(domain)
             served[domain] = result if result.ok else (result.error or "no certificate served")
-        records.append(CertRecord(host.name, name, tuple(disk.names), disk, served, facts.status, cron_present(facts)))
+        records.append(CertRecord(host.name, name, tuple(disk.names), disk, served, facts.status, cron_present(facts),
+                                  copy=name not in facts.lineages))
     for site in host.sites:
         if site.name not in seen:
             records.append(CertRecord(host.name, site.name, site.domains, None, {}, facts.status, cron_present(facts)))

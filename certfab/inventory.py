@@ -7,6 +7,7 @@ Every problem is reported as an `InventoryError` (exit code 2) whose message is 
 from __future__ import annotations
 
 import difflib
+import hashlib
 import ipaddress
 import math
 import os
@@ -32,9 +33,11 @@ __all__ = [
     "ENV_VAR",
     "AcmeSettings",
     "CertbotSettings",
+    "Dns01Settings",
     "Host",
     "Inventory",
     "RenewalSettings",
+    "Secret",
     "Site",
     "SshSettings",
     "TlsSettings",
@@ -52,6 +55,8 @@ ENV_VAR = "CERTFAB_INVENTORY"
 DEFAULT_FILE = "inventory.yaml"
 MAX_DOMAINS = 100  # Let's Encrypt's limit of names per certificate
 MAX_FILE_BYTES = 10 * 1024 * 1024
+MAX_CREDENTIALS_BYTES = 64 * 1024
+CHALLENGES = ("http-01", "dns-01")
 
 T = TypeVar("T")
 FieldPath = tuple[str | int, ...]
@@ -62,7 +67,11 @@ FieldPath = tuple[str | int, ...]
 
 @dataclass(frozen=True)
 class Site:
-    """One certificate lineage on a host, with the names it covers and optional managed content."""
+    """One certificate lineage on a host, with the names it covers and optional managed content.
+
+    A DNS-01 site is validated through DNS: it may hold wildcard names and needs no port 80; a managed
+    one gets a port-80 redirect block only when `redirect` is set.
+    """
 
     name: str
     domains: tuple[str, ...]
@@ -71,11 +80,47 @@ class Site:
     # The ACME profile to ask for (None: the CA's default) and whether the order fails without it.
     profile: str | None = None
     profile_required: bool = False
+    challenge: str = "http-01"
+    redirect: bool = True
 
     @property
     def managed(self) -> bool:
         """Tell whether certfab may write a server block for this site (it has root or upstream)."""
         return self.root is not None or self.upstream is not None
+
+    @property
+    def dns01(self) -> bool:
+        """Whether the CA validates this site through DNS (no HTTP challenge, no self-test)."""
+        return self.challenge == "dns-01"
+
+
+@dataclass(frozen=True)
+class Secret:
+    """File content that must never be shown: its repr is a digest, never the text."""
+
+    text: str = field(repr=False)
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text.encode("utf-8", errors="surrogateescape")).hexdigest()
+
+    def __repr__(self) -> str:
+        return f"Secret(sha256={self.sha256})"
+
+
+@dataclass(frozen=True)
+class Dns01Settings:
+    """How a host's DNS-01 sites are validated: certbot's DNS plugin, its credentials and image.
+
+    `credentials` is the plugin's credentials file, read from the operator's machine; it is
+    installed on the host (root, 0600) for certbot and its renewals.
+    """
+
+    plugin: str
+    credentials_path: Path
+    credentials: Secret
+    propagation_seconds: int | None
+    image: str
 
 
 @dataclass(frozen=True)
@@ -126,6 +171,8 @@ class Host:
     forward_agent: bool = False
     jump: str | None = None
     ssh_fields_set: frozenset[str] = frozenset()
+    # Set when the host has a DNS-01 site.
+    dns01: Dns01Settings | None = None
 
     @property
     def domains(self) -> tuple[str, ...]:
@@ -407,17 +454,19 @@ _ACME_KEYS = ("email", "server", "ca_bundle", "trust_roots", "key_type", "profil
 _RATE_LIMIT_KEYS = ("per_registered_domain", "per_name_set")
 _SETTING_KEYS = (
     "user", "port", "key_file", "forward_agent", "jump", "sudo", "webroot", "certbot", "renewal", "tls", "acme",
+    "dns01",
 )
 # Host settings that ssh_config may also give; the inventory's value wins where the inventory sets one.
 SSH_CONFIG_FIELDS = ("user", "port", "key_file", "jump")
 MIN_CONNECT_TIMEOUT = 1.0
 _HOST_KEYS = ("address", "groups", "sites", *_SETTING_KEYS)
-_SITE_KEYS = ("name", "domains", "root", "upstream", "acme")
+_SITE_KEYS = ("name", "domains", "root", "upstream", "acme", "challenge", "redirect")
 _SECTION_KEYS = {
     "acme": ("profile", "profile_required"),
     "certbot": ("image", "runtime"),
     "renewal": ("admin_email", "times_per_day", "hour", "mail_on_success"),
     "tls": ("profile", "hsts_max_age", "hsts_include_subdomains", "hsts_preload", "dhparam_bits"),
+    "dns01": ("plugin", "credentials", "propagation_seconds", "image"),
 }
 
 RUNTIMES = ("docker", "podman")
@@ -426,6 +475,58 @@ ACME_PROFILES = ("classic", "tlsserver", "shortlived")
 KEY_TYPES = ("ecdsa", "rsa")
 
 _Parser = Callable[[_Reader, FieldPath, object], Any]
+
+
+_PLUGIN = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+
+
+def _dns_plugin(r: _Reader, path: FieldPath, value: object) -> str:
+    """Check a certbot DNS plugin name as its images and options spell it (rfc2136, route53, ...)."""
+    if not isinstance(value, str) or not _PLUGIN.fullmatch(value) or len(value) > 40:
+        r.fail(path, value, "is not a certbot DNS plugin name (e.g. rfc2136, cloudflare, route53)")
+    return value
+
+
+def _credentials(r: _Reader, path: FieldPath, value: object) -> tuple[Path, Secret]:
+    """Read a DNS plugin's credentials file from this machine (its content is never shown)."""
+    resolved = _local_file(r, path, value, must_exist=True)
+    try:
+        raw = resolved.read_bytes()
+    except OSError as exc:
+        r.fail(path, value, f"cannot be read ({exc.strerror}: {resolved})")
+    if len(raw) > MAX_CREDENTIALS_BYTES:
+        r.fail(path, value, f"is larger than {MAX_CREDENTIALS_BYTES // 1024} KiB ({resolved})")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        r.fail(path, value, f"is not UTF-8 text ({resolved})")
+    return resolved, Secret(text)
+
+
+def _dns01(r: _Reader, path: FieldPath, merged: Mapping[str, Any], certbot_image: str) -> Dns01Settings:
+    """The DNS-01 settings of a host that has a DNS-01 site (plugin and credentials are required)."""
+    for key in ("plugin", "credentials"):
+        if f"dns01.{key}" not in merged:
+            r.fail_text(path + ("dns01",), f"key {key!r} is required for a DNS-01 site; set it here or in "
+                        "defaults.dns01")
+    plugin = merged["dns01.plugin"]
+    where, raw, _text = merged["dns01.credentials"]
+    credentials_path, secret = _credentials(r, where, raw)
+    image = merged.get("dns01.image")
+    if image is None:
+        # certbot's DNS plugin images are certbot/dns-<plugin>, tagged like certbot/certbot.
+        name = certbot_image.rpartition("/")[2]
+        if "@" in name or ":" not in name:
+            r.fail_text(path + ("dns01",), f"key 'image' is required: no tag to take from certbot.image "
+                        f"{_short_repr(certbot_image)} (name the image with the {plugin} plugin, pinned)")
+        image = f"certbot/dns-{plugin}:{name.rpartition(':')[2]}"
+    return Dns01Settings(
+        plugin=plugin,
+        credentials_path=credentials_path,
+        credentials=secret,
+        propagation_seconds=merged.get("dns01.propagation_seconds"),
+        image=image,
+    )
 
 
 def _acme_profile(r: _Reader, path: FieldPath, value: object) -> str | None:
@@ -466,6 +567,11 @@ _SETTING_PARSERS: dict[str, _Parser] = {
     "tls.hsts_include_subdomains": _bool,
     "tls.hsts_preload": _bool,
     "tls.dhparam_bits": _dhparam,
+    "dns01.plugin": lambda r, p, v: _dns_plugin(r, p, v),
+    # Checked as a path here; read only for a host that has a DNS-01 site.
+    "dns01.credentials": lambda r, p, v: (p, v, r.check(p, v, validate.local_path)),
+    "dns01.propagation_seconds": lambda r, p, v: _optional_int(r, p, v, 0, 3600),
+    "dns01.image": lambda r, p, v: r.check(p, v, validate.image_ref),
 }
 
 _BUILTIN_SETTINGS: dict[str, Any] = {
@@ -630,9 +736,14 @@ def _site(r: _Reader, path: FieldPath, value: object) -> Site:
             raw_domains,
             f"has {len(raw_domains)} names; a certificate holds at most {MAX_DOMAINS}",
         )
+    challenge = _choice(r, path + ("challenge",), body.get("challenge", "http-01"), CHALLENGES)
     domains: list[str] = []
     for index, raw in enumerate(raw_domains):
-        domain = r.check(path + ("domains", index), raw, validate.dns_name)
+        if isinstance(raw, str) and raw.startswith("*") and challenge != "dns-01":
+            r.fail(path + ("domains", index), raw, "is a wildcard; wildcards need challenge: dns-01 "
+                   "(HTTP-01 cannot validate them)")
+        check = validate.wildcard_name if isinstance(raw, str) and raw.startswith("*") else validate.dns_name
+        domain = r.check(path + ("domains", index), raw, check)
         if domain in domains:
             r.fail(path + ("domains", index), raw, f"is listed twice (also domains[{domains.index(domain)}])")
         domains.append(domain)
@@ -640,12 +751,23 @@ def _site(r: _Reader, path: FieldPath, value: object) -> Site:
     upstream = body.get("upstream")
     if root is not None and upstream is not None:
         r.fail_text(path, "both 'root' and 'upstream' are set; a managed site has one or the other")
+    redirect = True
+    if "redirect" in body:
+        redirect = _bool(r, path + ("redirect",), body["redirect"])
+        if challenge != "dns-01" or (root is None and upstream is None):
+            r.fail_text(path + ("redirect",), "applies to managed DNS-01 sites only (an HTTP-01 site always "
+                        "keeps its port-80 block, and an existing block is converted as it is)")
+    elif challenge == "dns-01":
+        # A DNS-01 site needs no port 80: a managed one gets a redirect block only when asked.
+        redirect = False
     own = _settings(r, path, {"acme": body["acme"]}) if "acme" in body else {}
     return Site(
         name=name,
         domains=tuple(domains),
         root=None if root is None else r.check(path + ("root",), root, validate.host_path),
         upstream=None if upstream is None else r.check(path + ("upstream",), upstream, validate.upstream_url),
+        challenge=challenge,
+        redirect=redirect,
         # Until _host resolves them: what the site itself says (a key missing here means "inherit").
         profile=own.get("acme.profile", _INHERIT),
         profile_required=own.get("acme.profile_required", _INHERIT),
@@ -740,6 +862,10 @@ def _host(r: _Reader, name: str, value: object, defaults: Mapping[str, Any]) -> 
             path + ("tls",),
             f"hsts_preload needs hsts_include_subdomains: true and hsts_max_age >= {HSTS_PRELOAD_MIN_AGE}",
         )
+    sites = _sites(r, path + ("sites",), body.get("sites"))
+    dns01 = None
+    if any(site.dns01 for site in sites):
+        dns01 = _dns01(r, path, merged, merged["certbot.image"])
     host = Host(
         name=name,
         address=address,
@@ -749,8 +875,10 @@ def _host(r: _Reader, name: str, value: object, defaults: Mapping[str, Any]) -> 
         sudo=merged["sudo"],
         webroot=merged["webroot"],
         groups=(),
-        sites=tuple(_resolve_profile(site, merged) for site in _sites(r, path + ("sites",), body.get("sites"))),
-        certbot=CertbotSettings(image=merged["certbot.image"], runtime=merged["certbot.runtime"]),
+        sites=tuple(_resolve_profile(site, merged) for site in sites),
+        # certbot renews every lineage of the host in one run: with a DNS-01 site, from the plugin's image.
+        certbot=CertbotSettings(image=dns01.image if dns01 is not None else merged["certbot.image"],
+                                runtime=merged["certbot.runtime"]),
         renewal=RenewalSettings(
             admin_email=merged["renewal.admin_email"],
             times_per_day=merged["renewal.times_per_day"],
@@ -761,6 +889,7 @@ def _host(r: _Reader, name: str, value: object, defaults: Mapping[str, Any]) -> 
         forward_agent=merged["forward_agent"],
         jump=merged["jump"],
         ssh_fields_set=ssh_fields_set,
+        dns01=dns01,
     )
     return _RawHost(host, _group_list(r, path + ("groups",), body.get("groups"), validate.group_name))
 

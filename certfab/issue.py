@@ -1,4 +1,8 @@
-"""The HTTP-01 self-test and certbot runs in a container, as one remote script (templates/remote/issue.sh.j2)."""
+"""The HTTP-01 self-test and certbot runs in a container, as one remote script (templates/remote/issue.sh.j2).
+
+HTTP-01 sites are validated through the webroot; DNS-01 sites through certbot's DNS plugin, whose
+credentials file certfab installed on the host beforehand (it is mounted read-only, never read here).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 
 from certfab.inventory import Host, Inventory, Site
-from certfab.paths import ACME_CA, LETSENCRYPT_LIVE, renewal_conf
+from certfab.paths import ACME_CA, LETSENCRYPT_LIVE, dns_credentials_path, renewal_conf
 from certfab.protocol import Reply
 from certfab.shared import shared_sites, url_host
 from certfab.transaction import EXITS, ancestors, lock_context
@@ -39,14 +43,17 @@ def container_command(host: Host, *, acme_ca: bool) -> list[str]:
     ]
     if acme_ca:
         args += ["-v", f"{ACME_CA}:{ACME_CA}:ro", "-e", f"REQUESTS_CA_BUNDLE={ACME_CA}"]
+    if host.dns01 is not None:
+        credentials = dns_credentials_path(host.dns01.plugin)
+        args += ["-v", f"{credentials}:{credentials}:ro"]
     args.append(host.certbot.image)
     return args
 
 
 def certonly_args(site: Site, host: Host, inventory: Inventory, *, force: bool) -> list[str]:
     """certbot arguments for one site's certificate: all its domains as SANs, named after the site."""
-    args = [
-        "certonly", "--webroot", "-w", host.webroot, "--cert-name", site.name,
+    args = ["certonly", *authenticator_args(site, host), "--cert-name", site.name]
+    args += [
         "--non-interactive", "--agree-tos", "-m", inventory.acme.email,
         "--server", inventory.acme.server, "--key-type", inventory.acme.key_type,
         "--expand", "--no-random-sleep-on-renew",
@@ -58,6 +65,21 @@ def certonly_args(site: Site, host: Host, inventory: Inventory, *, force: bool) 
         args += ["--required-profile" if site.profile_required else "--preferred-profile", site.profile]
     for domain in site.domains:
         args += ["-d", domain]
+    return args
+
+
+def authenticator_args(site: Site, host: Host) -> list[str]:
+    """How certbot proves control: the webroot (HTTP-01), or the host's DNS plugin (DNS-01).
+
+    certbot stores these in the lineage's renewal config, so `certbot renew` on the host repeats them.
+    """
+    if not site.dns01:
+        return ["--webroot", "-w", host.webroot]
+    assert host.dns01 is not None  # the inventory requires DNS-01 settings for a DNS-01 site
+    plugin = host.dns01.plugin
+    args = [f"--dns-{plugin}", f"--dns-{plugin}-credentials", dns_credentials_path(plugin)]
+    if host.dns01.propagation_seconds is not None:
+        args += [f"--dns-{plugin}-propagation-seconds", str(host.dns01.propagation_seconds)]
     return args
 
 
@@ -79,9 +101,10 @@ def issue_context(run_id: str, host: Host, inventory: Inventory, orders: list[tu
         "image": host.certbot.image,
         "webroot": host.webroot,
         "webroot_parents": ancestors(host.webroot),
-        "domains": [domain for site, _force in orders for domain in site.domains],
+        # Only HTTP-01 names are self-tested: a DNS-01 site may have no port 80 at all.
+        "domains": [domain for site, _force in orders if not site.dns01 for domain in site.domains],
         # A shared site's names must answer on every backend, each asked directly at its own address.
-        "backend_probes": backend_probes(inventory, [site for site, _force in orders]),
+        "backend_probes": backend_probes(inventory, [site for site, _force in orders if not site.dns01]),
         "orders": [
             {"site": site.name, "cert": f"{LETSENCRYPT_LIVE}/{site.name}/cert.pem",
              "renewal_conf": renewal_conf(site.name),

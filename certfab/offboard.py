@@ -19,6 +19,7 @@ from certfab.nginx.lexer import Statement, parse_text, walk_statements
 from certfab.nginx.model import redirect_marker, resolve_path
 from certfab.origin import ORIGIN_DIR, invert, origin_path, parse_origin
 from certfab.paths import ACME_CA, ACME_INCLUDE, HSTS_INCLUDE, MANAGED_SITE_DIR, NGINX_CERTFAB_DIR
+from certfab.shared import acme_include_path, copy_dir, is_site_acme_include
 from certfab.tls import managed_site_path, site_include_path
 from certfab.transaction import FileWrite, expect_as_read
 
@@ -74,6 +75,7 @@ def _site_writes(host: str, site: str, facts: HostFacts) -> tuple[dict[str, str 
     current = current_files(facts)
     out: dict[str, str | None] = {}
     warnings: list[str] = []
+    shared_acme = acme_include_path(site)
     record = parse_origin(facts.owned_files.get(origin_path(site)), site)
     # A record may only give back nginx files (never certfab's own or any other file it names).
     nginx_texts = {f.real_path: f.text for f in facts.nginx.files.values()} if facts.nginx is not None else {}
@@ -95,6 +97,9 @@ def _site_writes(host: str, site: str, facts: HostFacts) -> tuple[dict[str, str 
     elif facts.nginx is not None:
         # Converted before certfab kept records: take certfab's lines back (the minimal inverse edit).
         include = site_include_path(site)
+        # A shared site's blocks include its own challenge location instead of the common one.
+        acme_include = (shared_acme if any(shared_acme in f.text for f in facts.nginx.files.values())
+                        else ACME_INCLUDE)
         marker = redirect_marker(site)[0]
         for config in facts.nginx.files.values():
             if config.real_path in out or (include not in config.text and marker not in config.text):
@@ -102,7 +107,7 @@ def _site_writes(host: str, site: str, facts: HostFacts) -> tuple[dict[str, str 
             if config.real_path in facts.owned_files:
                 continue
             reverted = revert_https(config.text, config.path, site=site, https_include=include,
-                                    acme_include=ACME_INCLUDE, prefix=facts.nginx.prefix, hsts_include=HSTS_INCLUDE)
+                                    acme_include=acme_include, prefix=facts.nginx.prefix, hsts_include=HSTS_INCLUDE)
             if include in reverted:
                 raise PreflightError(f"{host}: site {site}: {config.real_path} still includes {include} in a way "
                                      "certfab did not write; remove it by hand")
@@ -111,6 +116,10 @@ def _site_writes(host: str, site: str, facts: HostFacts) -> tuple[dict[str, str 
     for path in (site_include_path(site), managed_site_path(site), origin_path(site)):
         if path in current:
             out[path] = None
+    # A shared site's challenge location goes once no nginx file includes it any more.
+    if shared_acme in current and not any(shared_acme in (out.get(path, text) or "")
+                                          for path, text in nginx_texts.items()):
+        out[shared_acme] = None
     return out, warnings
 
 
@@ -128,6 +137,9 @@ def plan_removal(host: str, site: str, facts: HostFacts, *, keep_certificate: bo
                         "validation fails once the site no longer serves /.well-known/acme-challenge/ "
                         f"(run remove-site {site} again without --keep-certificate to delete it)")
     copies = (site,) if site in facts.shared_copies and not keep_certificate else ()
+    if keep_certificate and site in facts.shared_copies:
+        warnings.append(f"{host}: site {site}: certfab's copy of the shared certificate and its key stay in "
+                        f"{copy_dir(site)}")
     return Offboarding(host, changes, tuple(writes), lineages, _site_domains(site, facts, listed_domains),
                        tuple(warnings), copies)
 
@@ -182,7 +194,7 @@ def inline_includes(text: str, path: str, prefix: str, owned: dict[str, str]) ->
         end = len(text) if end < 0 else end + 1
         rest = text[st.end:end].strip()
         whole_line = indent.strip() == "" and (rest == "" or rest.startswith("#"))
-        if target == ACME_INCLUDE or posixpath.basename(target).startswith("acme-challenge-"):
+        if target == ACME_INCLUDE or is_site_acme_include(target):
             body = ""
         else:
             body = "".join(f"{indent}{line}\n" for line in _included_text(target, owned).splitlines())

@@ -13,7 +13,7 @@ from certfab.fleet import HostSession
 from certfab.gather import gather
 from certfab.issue import EXIT_CERTBOT_FAILED, container_command
 from certfab.offboard import Offboarding, OffboardResult, plan_removal, plan_uninstall
-from certfab.paths import ACME_CA, HOST_CONFIG_DIR, NGINX_CERTFAB_DIR
+from certfab.paths import ACME_CA, DNS_CREDENTIALS_DIR, HOST_CONFIG_DIR, NGINX_CERTFAB_DIR
 from certfab.shared import copy_dir
 from certfab.tlsprobe import probe_redirect, verify_https
 from certfab.transaction import EXITS, lock_context
@@ -153,8 +153,8 @@ def uninstall(session: HostSession, *, check: bool, restore_http: bool, keep_cer
         _carry_out(run, plan, result, "uninstalling certfab", revoke_reason=None, verify_http=restore_http)
         run.take_lock()
         run.remote.check_script(CLEANUP_SCRIPT, what="removing certfab's state",
-                                context={**lock_context(run.run_id), "files": [ACME_CA],
-                                         "empty_dirs": [NGINX_CERTFAB_DIR, HOST_CONFIG_DIR]})
+                                context={**lock_context(run.run_id), "files": [ACME_CA, *sorted(facts.secret_files)],
+                                         "empty_dirs": [NGINX_CERTFAB_DIR, DNS_CREDENTIALS_DIR, HOST_CONFIG_DIR]})
         result.applied.append("removed certfab's state directory")
         return result
     finally:

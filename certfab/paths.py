@@ -14,6 +14,8 @@ MANAGED_SITE_DIR = "/etc/nginx/conf.d"
 
 ACME_CA = f"{HOST_CONFIG_DIR}/acme-ca.pem"
 RENEW_ENV = f"{HOST_CONFIG_DIR}/renew.env"
+# DNS plugin credentials: a directory of their own, so facts (which read /etc/certfab/*) never read them.
+DNS_CREDENTIALS_DIR = f"{HOST_CONFIG_DIR}/dns"
 RENEW_SCRIPT = "/usr/local/sbin/certfab-renew"
 CRON_FILE = "/etc/cron.d/certfab"
 
@@ -23,6 +25,11 @@ STATUS_FILE = f"{STATE_DIR}/status.json"
 LETSENCRYPT_LIVE = "/etc/letsencrypt/live"
 DEFAULT_WEBROOT = "/var/www/letsencrypt"
 LETSENCRYPT_RENEWAL = "/etc/letsencrypt/renewal"
+
+
+def dns_credentials_path(plugin: str) -> str:
+    """Where a DNS plugin's credentials live on a host (root, 0600), for certbot and its renewals."""
+    return f"{DNS_CREDENTIALS_DIR}/{plugin}.ini"
 
 
 def renewal_conf(lineage: str) -> str:

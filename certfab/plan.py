@@ -49,6 +49,8 @@ class FileChange:
     after: str
     why: str
     stage: Stage
+    # A secret (DNS plugin credentials): before and after hold no content, and the diff says so.
+    secret: bool = False
 
     @property
     def kind(self) -> FileKind:
@@ -57,6 +59,9 @@ class FileChange:
     @property
     def diff(self) -> str:
         """A unified diff from the host's file to the planned one (raw: tabs and long lines kept)."""
+        if self.secret:
+            verb = "created" if self.before is None else "replaced"
+            return f"certfab: {self.path}: secret, {verb} (root, 0600); its content is never shown\n"
         return "".join(difflib.unified_diff(
             (self.before or "").splitlines(keepends=True), self.after.splitlines(keepends=True),
             fromfile=self.path if self.before is not None else "/dev/null", tofile=self.path,
@@ -178,6 +183,8 @@ def purpose(path: str, host: Host, nginx_files: frozenset[str]) -> str:
     }
     if path in fixed:
         return fixed[path]
+    if host.dns01 is not None and path == paths.dns_credentials_path(host.dns01.plugin):
+        return f"credentials of certbot's {host.dns01.plugin} DNS plugin, for DNS-01 (root only)"
     for site in host.sites:
         if path == acme_include_path(site.name):
             return f"ACME challenge location of shared site {site.name}"
@@ -221,7 +228,7 @@ def make_plan(host: Host, inventory: Inventory, facts: HostFacts, *, now: dateti
     try:
         plumbing = expect_as_read(
             changed_writes(desired_state(host, inventory, facts, https_sites=ready, acme_ca_pem=acme_ca_pem), facts),
-            before,
+            before, facts.secret_files,
         )
         # Lineages kept now get their renewal margin here; new ones once certbot has written their file.
         for name in sorted(ready):
@@ -233,7 +240,8 @@ def make_plan(host: Host, inventory: Inventory, facts: HostFacts, *, now: dateti
         after_plumbing = updated_facts_files(facts, plumbing)
         full = desired_state(host, inventory, after_plumbing, https_sites=frozenset(s.name for s in host.sites),
                              acme_ca_pem=acme_ca_pem)
-        https = expect_as_read(changed_writes(full, after_plumbing), current_files(after_plumbing))
+        https = expect_as_read(changed_writes(full, after_plumbing), current_files(after_plumbing),
+                               after_plumbing.secret_files)
     except NginxConfError as exc:
         raise PreflightError(f"{host.name}: {exc}") from None
     nginx_files = frozenset(facts.nginx.files) if facts.nginx is not None else frozenset()
@@ -243,6 +251,11 @@ def make_plan(host: Host, inventory: Inventory, facts: HostFacts, *, now: dateti
         for write in writes:
             # A file both stages write shows once: as it is now, and as it ends.
             first = changes.get(write.path)
+            if write.secret:
+                existed = "" if write.path in facts.secret_files else None
+                changes[write.path] = FileChange(write.path, existed, "", purpose(write.path, host, nginx_files),
+                                                 first.stage if first is not None else stage, secret=True)
+                continue
             changes[write.path] = FileChange(
                 write.path, before.get(write.path), write.content, purpose(write.path, host, nginx_files),
                 first.stage if first is not None else stage,

@@ -116,6 +116,7 @@ def render_renew_env(
     renewal: RenewalSettingsLike,
     webroot: str,
     acme_ca_path: str | None = None,
+    dns_credentials_path: str | None = None,
 ) -> str:
     """Render /etc/certfab/renew.env, the shell-quoted settings the renewal script sources."""
     host_name = host if isinstance(host, str) else host.name
@@ -130,4 +131,5 @@ def render_renew_env(
         mail_on_success="yes" if renewal.mail_on_success else "no",
         webroot=webroot,
         acme_ca=acme_ca_path or "",
+        dns_credentials=dns_credentials_path or "",
     )

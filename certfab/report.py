@@ -112,6 +112,8 @@ class CertRecord:
     # A shared site (one certificate on several hosts): the host that issues it, and its certificate.
     issuer: str | None = None
     lineage: CertInfo | None = None
+    # The certificate on disk is certfab's copy of a shared site's lineage, not a certbot lineage.
+    copy: bool = False
 
     def __post_init__(self) -> None:
         # Given as status.json's mapping (tests, older callers): read it into the typed value.
@@ -194,6 +196,9 @@ def evaluate(record: CertRecord, now: datetime, thresholds: Thresholds = Thresho
             notes.append(lagging)
         notes.append("shared site: this host issues it" if record.issuer == record.host
                      else f"shared site: {record.issuer} issues it")
+        if record.issuer == record.host and record.copy:
+            notes.append("it serves the copy it took over: its cron renews the site once deploy-all has ordered "
+                         "the next certificate (when this one is due)")
 
     if record.renewal_status is not None:
         status, note = _renewal_finding(record.renewal_status, now, thresholds)

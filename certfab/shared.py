@@ -97,6 +97,12 @@ def acme_include_path(site: str) -> str:
     return f"{NGINX_CERTFAB_DIR}/acme-challenge-{site}.conf"
 
 
+def is_site_acme_include(path: str) -> bool:
+    """Whether a path is a shared site's challenge location (acme_include_path of some site)."""
+    directory, name = path.rsplit("/", 1) if "/" in path else ("", path)
+    return directory == NGINX_CERTFAB_DIR and name.startswith("acme-challenge-") and name.endswith(".conf")
+
+
 def url_host(address: str) -> str:
     """An address as the host part of a URL (IPv6 in brackets)."""
     return f"[{address}]" if ":" in address and not address.startswith("[") else address

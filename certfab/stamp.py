@@ -97,7 +97,8 @@ def input_key(host: Host, inventory: Inventory, acme_ca_pem: str | None) -> str:
     parts = [
         STAMP_VERSION,
         code_digest(),
-        repr((host.name, host.webroot, host.sites, host.certbot, host.renewal, host.tls)),
+        # host.dns01's credentials show as their sha256 only: a changed file changes the key.
+        repr((host.name, host.webroot, host.sites, host.certbot, host.renewal, host.tls, host.dns01)),
         repr(stamp_view(inventory, host)),
         repr((acme.email, acme.server, acme.server_name, acme.key_type)),
         acme_ca_pem or "",

@@ -424,12 +424,16 @@ def render_managed_site(
     root: str | None,
     upstream: str | None,
     phase: Phase,
-    acme_include: str = ACME_INCLUDE_PATH,
+    acme_include: str | None = ACME_INCLUDE_PATH,
     site_include: str | None = None,
     http2_in_listen: bool = False,
     ipv6: bool = True,
+    redirect: bool = True,
 ) -> str:
-    """Render /etc/nginx/conf.d/certfab-<SITE>.conf: plain HTTP before issuance, HTTPS + redirect after."""
+    """Render /etc/nginx/conf.d/certfab-<SITE>.conf: plain HTTP before issuance, HTTPS + redirect after.
+
+    Without acme_include (DNS-01) no challenge location is served; without redirect, no port-80 block.
+    """
     if (root is None) == (upstream is None):
         raise ValueError(f"managed site {site_name!r} needs exactly one of root or upstream")
     if phase not in ("http", "https"):
@@ -447,4 +451,5 @@ def render_managed_site(
         site_include=site_include if site_include is not None else site_include_path(site_name),
         http2_in_listen=http2_in_listen,
         ipv6=ipv6,
+        redirect=redirect,
     )

@@ -54,10 +54,20 @@ class RedirectResult:
     error: str | None = None
 
 
+# A wildcard is checked through one name under it (an SNI name cannot hold `*`).
+WILDCARD_PROBE_LABEL = "certfab-probe"
+
+
+def probe_name(domain: str) -> str:
+    """The name to ask a server for: the domain itself, or for `*.example.com` a name it covers."""
+    return WILDCARD_PROBE_LABEL + domain[1:] if domain.startswith("*.") else domain
+
+
 def fetch_served(
     address: str, port: int = 443, sni: str | None = None, timeout: float = DEFAULT_TIMEOUT
 ) -> ServedCert:
     """Read the leaf certificate served at address:port for `sni`, without verifying it."""
+    sni = None if sni is None else probe_name(sni)
     ctx = _unverified_context()
     try:
         with (

@@ -17,7 +17,7 @@ import posixpath
 import re
 import shlex
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from certfab.errors import ApplyError
 from certfab.paths import STATE_DIR
@@ -68,14 +68,16 @@ class FileWrite:
 
     expected_sha256 is what the file held when its facts were read: a sha256, ABSENT (it must not
     exist), or None (not checked). `remove` deletes the file instead (content unused); the journal
-    keeps it until the commit, so a rollback puts it back.
+    keeps it until the commit, so a rollback puts it back. A secret's content is never read back,
+    shown or diffed: facts carry only its sha256.
     """
 
     path: str
-    content: str
+    content: str = field(repr=False)
     mode: str | None = "0644"
     expected_sha256: str | None = None
     remove: bool = False
+    secret: bool = False
 
 
 def text_sha256(text: str) -> str:
@@ -83,10 +85,16 @@ def text_sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", errors="surrogateescape")).hexdigest()
 
 
-def expect_as_read(writes: Iterable[FileWrite], current: Mapping[str, str]) -> list[FileWrite]:
-    """The writes, each expecting the file as the facts saw it: its sha256, or absent."""
+def expect_as_read(writes: Iterable[FileWrite], current: Mapping[str, str],
+                   secrets: Mapping[str, str] | None = None) -> list[FileWrite]:
+    """The writes, each expecting the file as the facts saw it: its sha256, or absent.
+
+    `secrets` maps the secret files the facts hashed (never read) to their sha256.
+    """
+    hashed = secrets or {}
     return [
-        replace(w, expected_sha256=text_sha256(current[w.path]) if w.path in current else ABSENT)
+        replace(w, expected_sha256=text_sha256(current[w.path]) if w.path in current
+                else hashed.get(w.path, ABSENT))
         for w in writes
     ]
 

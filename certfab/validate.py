@@ -211,13 +211,21 @@ def dns_name(value: object) -> str:
     """Check a certificate domain name and return it as lower-case A-labels without a trailing dot."""
     text = _string(value, "a DNS name")
     if "*" in text:
-        raise Invalid("is a wildcard; wildcards need DNS-01, which certfab does not support")
+        raise Invalid("is a wildcard; wildcards need a DNS-01 site (challenge: dns-01)")
     if _is_ip(text):
         raise Invalid("is an IP address; certificates here are issued for DNS names only")
     try:
         return _dns(text, min_labels=2)
     except _Reason as why:
         raise Invalid(f"is not a valid DNS name ({why})") from None
+
+
+def wildcard_name(value: object) -> str:
+    """Check a wildcard certificate name (`*.` and a DNS name of at least two labels), normalised."""
+    text = _string(value, "a DNS name")
+    if not text.startswith("*.") or "*" in text[2:]:
+        raise Invalid("is not a valid wildcard (only a whole first label may be `*`, as in *.example.com)")
+    return "*." + dns_name(text[2:])
 
 
 def address(value: object) -> str:

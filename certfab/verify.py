@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from certfab.inventory import Host, Site
-from certfab.tlsprobe import check_redirect, verify_https
+from certfab.tlsprobe import check_redirect, probe_name, verify_https
 
 
 def verify_site(host: Host, site: Site, *, trust_roots: Path | None, expected_sha256: str | None,
@@ -29,7 +29,7 @@ def verify_site(host: Host, site: Site, *, trust_roots: Path | None, expected_sh
 def _check_once(host: Host, site: Site, trust_roots: Path | None, expected_sha256: str | None,
                 hsts_expected: bool, timeout: float, paths: tuple[str, ...]) -> list[str]:
     problems: list[str] = []
-    for domain in site.domains:
+    for domain in map(probe_name, site.domains):
         result = verify_https(host.address, domain, trust_roots, timeout)
         if not result.ok:
             problems.append(f"https://{domain}/: {result.error}")
@@ -44,6 +44,8 @@ def _check_once(host: Host, site: Site, trust_roots: Path | None, expected_sha25
                 problems.append(f"https://{domain}{path}: {inner.error}")
             elif not inner.hsts:
                 problems.append(f"https://{domain}{path}: no Strict-Transport-Security header")
+        if site.dns01 and site.managed and not site.redirect:
+            continue  # no port-80 block at all (an internal service)
         status, location = check_redirect(host.address, domain, timeout)
         if status not in (301, 308) or not (location or "").startswith(f"https://{domain}/"):
             problems.append(f"http://{domain}/: expected a redirect to https, got {status} {location or ''}".strip())

@@ -361,8 +361,8 @@ def up(hosts: int = 2, repo_dir: Path | str | None = None, *, progress: Progress
                 say(f"seeding the certbot image into {_names(later)} and starting them")
                 _first_error([pool.submit(_seed_and_bring_up, name, client_key, identity) for name in later])
         files.write_pebble_root(info.lab_dir, pebble.fetch_root())
-        files.write_lab_files(info.lab_dir, names, host_keys, pebble.CA_CERT.read_bytes(), info.podman_hosts)
         files.write_dns_credentials(info.lab_dir, dns.credentials_text())
+        files.write_lab_files(info.lab_dir, names, host_keys, pebble.CA_CERT.read_bytes(), info.podman_hosts)
         layout.STATE_FILE.write_text(json.dumps({"hosts": hosts, "repo_dir": str(repo), "podman": podman}) + "\n")
         say(f"lab up in {time.monotonic() - started:.1f} s; inventory: {info.inventory}")
         return info

@@ -38,8 +38,14 @@ def known_hosts_text(host_keys: dict[str, str]) -> str:
     return "".join(f"{address} {key}\n" for address, key in sorted(host_keys.items()))
 
 
-def inventory_text(hosts: list[str], podman_hosts: tuple[str, ...] = ()) -> str:
-    """The lab inventory (see INVENTORY format): Pebble as ACME server, every host in group `lab`."""
+def inventory_text(hosts: list[str], podman_hosts: tuple[str, ...] = (), lab_dir: Path | None = None) -> str:
+    """The lab inventory (see INVENTORY format): Pebble as ACME server, every host in group `lab`.
+
+    DNS-01 goes through the lab DNS with the rfc2136 plugin of the lab's certbot image, so a lab site
+    needs only `challenge: dns-01`; the credentials path is absolute so that copies of the inventory
+    elsewhere still find it.
+    """
+    credentials = (lab_dir or Path(".")) / layout.LAB_FILES["dns_credentials"]
     lines = [
         "# Lab inventory: rewritten by `inv lab.up`; paths are relative to this file.",
         "version: 1",
@@ -61,6 +67,11 @@ def inventory_text(hosts: list[str], podman_hosts: tuple[str, ...] = ()) -> str:
         "    runtime: docker",
         "  renewal:",
         "    admin_email: ops@lab.test",
+        "  dns01:",
+        "    plugin: rfc2136",
+        f"    credentials: {credentials}",
+        "    propagation_seconds: 1",
+        f"    image: {layout.CERTBOT_IMAGE}",
         "groups:",
         f"  lab: [{', '.join(hosts)}]",
         "hosts:",
@@ -82,7 +93,7 @@ def write_lab_files(lab_dir: Path, hosts: list[str], host_keys: dict[str, str], 
     """Write the inventory, known_hosts and the lab CA next to the client key."""
     _atomic_write(lab_dir / layout.LAB_FILES["known_hosts"], known_hosts_text(host_keys))
     _atomic_write(lab_dir / layout.LAB_FILES["pebble_ca"], ca_pem)
-    _atomic_write(lab_dir / layout.LAB_FILES["inventory"], inventory_text(hosts, podman_hosts))
+    _atomic_write(lab_dir / layout.LAB_FILES["inventory"], inventory_text(hosts, podman_hosts, lab_dir))
 
 
 def write_dns_credentials(lab_dir: Path, text: str) -> None:

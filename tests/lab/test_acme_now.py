@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from conftest import certfab_cli
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa as rsa_keys
 from labhelpers import inventory_copy, snapshot, tree_changes
 
 from certfab.lab import Lab, layout
@@ -214,6 +215,27 @@ def test_a_preferred_profile_the_ca_lacks_falls_back_and_says_so(
     conf = lab.host_path(PROFILE_HOST, f"/etc/letsencrypt/renewal/{PROFILE_HOST}.conf").read_text()
     assert re.search(r"^preferred_profile = tlsserver$", conf, re.MULTILINE), conf
     # The lineage now records the profile it asked for: the next run orders nothing.
+    result, row = bootstrap_row(lab, inventory)
+    assert result.returncode == 0 and row["status"] == "ok", row
+    assert lab.pebble_issued_count() == issued + 1
+
+
+def test_a_change_of_key_type_reissues_once(lab: Lab, module_hosts: tuple[str, ...], tmp_path: Path) -> None:
+    """After the preferred-profile test web21 holds an ECDSA certificate; RSA is asked for now."""
+
+    def rsa(data: dict[str, Any]) -> None:
+        with_profile("tlsserver", False)(data)
+        data["acme"]["key_type"] = "rsa"
+
+    inventory = inventory_copy(lab, tmp_path, rsa)
+    issued = lab.pebble_issued_count()
+    result, row = bootstrap_row(lab, inventory)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert row["certificates"] == {PROFILE_HOST: "issued"}, row
+    assert any("key type changed (ecdsa -> rsa)" in change for change in row["changes"]), row
+    pem = lab.host_path(PROFILE_HOST, f"/etc/letsencrypt/live/{PROFILE_HOST}/cert.pem").read_bytes()
+    assert isinstance(x509.load_pem_x509_certificate(pem).public_key(), rsa_keys.RSAPublicKey)
+    assert lab.pebble_issued_count() == issued + 1
     result, row = bootstrap_row(lab, inventory)
     assert result.returncode == 0 and row["status"] == "ok", row
     assert lab.pebble_issued_count() == issued + 1

@@ -2,15 +2,35 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from conftest import certfab_cli
+from cryptography import x509
+from labhelpers import https_get, inventory_copy, one_error_line, snapshot
 
 from certfab.lab import Lab, layout, proc
 
 HOST = "web27"
+SITE = "internal"
+WILDCARD = "*.web27.test"
+# Names the certificate covers that no DNS record or port-80 block exists for: only DNS-01 can prove them.
+UNDER_WILDCARD = "anything.web27.test"
 REPO_DIR = Path(__file__).resolve().parents[2]
+CREDENTIALS = "/etc/certfab/dns/rfc2136.ini"
+RENEWAL_CONF = f"/etc/letsencrypt/renewal/{SITE}.conf"
+MANAGED = f"/etc/nginx/conf.d/certfab-{SITE}.conf"
+# The CA (Pebble, on the bridge address) cannot reach the host's port 80.
+CLOSE_PORT_80 = f"INPUT -s {layout.BRIDGE_ADDRESS} -p tcp --dport 80 -j DROP"
+# Everything certfab printed during this module, searched for the credentials at the end.
+OUTPUTS: list[str] = []
+STARTED: list[float] = []
 
 
 def resolve(lab: Lab, name: str, record: str = "A") -> list[str]:
@@ -62,9 +82,148 @@ def test_an_unsigned_update_is_refused(lab: Lab, module_hosts: tuple[str, ...]) 
     assert resolve(lab, "evil.test") == []
 
 
+# --- DNS-01 with certfab ----------------------------------------------------------------------------
+
+
+def sh(lab: Lab, command: str, check: bool = True) -> str:
+    """A shell command on the host; its stdout."""
+    return lab.host_exec(HOST, command, check=check).stdout
+
+
+def only_this_host(site: dict[str, Any]) -> Any:
+    """An inventory edit: web27 alone, with one site."""
+
+    def edit(data: dict[str, Any]) -> None:
+        data["hosts"] = {HOST: {**data["hosts"][HOST], "sites": [site]}}
+        data["groups"] = {"dns": [HOST]}
+
+    return edit
+
+
+def fab(lab: Lab, inventory: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`fab ARGS` against an inventory; its output is kept for the leak check."""
+    result = certfab_cli(lab, "fab", *args, inventory=inventory)
+    OUTPUTS.append(result.stdout + result.stderr)
+    return result
+
+
+def bootstrap(lab: Lab, inventory: Path) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """`fab -H web27 bootstrap --json`: the process and the host's recap row."""
+    result = fab(lab, inventory, "-H", HOST, "bootstrap", "--json")
+    rows = json.loads(result.stdout)
+    assert [row["host"] for row in rows] == [HOST], result.stdout + result.stderr
+    return result, rows[0]
+
+
+def served(lab: Lab, name: str) -> tuple[int, bytes, x509.Certificate]:
+    """Status, body and leaf of https://name/ asked from the host's address with SNI, chain verified."""
+    response, leaf = https_get(lab.info.host(HOST).address, name, lab.info.pebble_root)
+    return response.status, response.body, x509.load_der_x509_certificate(leaf)
+
+
+def secret_of(lab: Lab) -> str:
+    """The TSIG secret in the lab's rfc2136 credentials."""
+    text = (lab.info.lab_dir / layout.LAB_FILES["dns_credentials"]).read_text()
+    match = re.search(r"^dns_rfc2136_secret = (\S+)$", text, re.M)
+    assert match is not None
+    return match.group(1)
+
+
 @pytest.fixture(scope="module")
-def credentials(lab: Lab) -> Path:
-    """The rfc2136 credentials lab.up wrote."""
-    path = lab.info.lab_dir / layout.LAB_FILES["dns_credentials"]
-    assert path.stat().st_mode & 0o777 == 0o600
-    return path
+def internal(lab: Lab, module_hosts: tuple[str, ...], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """web27 as an internal service: no port-80 site at all, port 80 closed to the CA; the inventory."""
+    STARTED.append(time.time())
+    sh(lab, f"rm -f /etc/nginx/sites-enabled/{HOST} && nginx -s reload")
+    sh(lab, f"iptables -I {CLOSE_PORT_80}")
+    site = {"name": SITE, "domains": [WILDCARD, f"{HOST}.test"], "challenge": "dns-01", "root": f"/var/www/{HOST}"}
+    yield inventory_copy(lab, tmp_path_factory.mktemp("dns01"), only_this_host(site))
+    sh(lab, "iptables -F INPUT", check=False)
+
+
+def test_a_wildcard_on_an_http01_site_is_refused_before_anything_changes(
+        lab: Lab, internal: Path, tmp_path: Path) -> None:
+    site = {"name": SITE, "domains": [WILDCARD], "root": f"/var/www/{HOST}"}
+    path = inventory_copy(lab, tmp_path, only_this_host(site))
+    before = snapshot(lab, HOST, ("/etc/nginx", "/etc/letsencrypt", "/etc/certfab"))
+    result = fab(lab, path, "-H", HOST, "bootstrap")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert one_error_line(result.stderr) == (
+        f"error: {path}: hosts.{HOST}.sites[0].domains[0]: '{WILDCARD}' is a wildcard; wildcards need "
+        "challenge: dns-01 (HTTP-01 cannot validate them)"
+    )
+    assert "Traceback" not in result.stderr
+    assert snapshot(lab, HOST, ("/etc/nginx", "/etc/letsencrypt", "/etc/certfab")) == before
+
+
+def test_the_plan_shows_the_credentials_file_but_never_its_content(lab: Lab, internal: Path) -> None:
+    result = fab(lab, internal, "-H", HOST, "plan", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    [plan] = json.loads(result.stdout)
+    [change] = [f for f in plan["files"] if f["path"] == CREDENTIALS]
+    assert change["kind"] == "create" and "never shown" in change["diff"]
+    assert secret_of(lab) not in result.stdout + result.stderr
+
+
+def test_a_wildcard_is_issued_through_dns_and_served_without_port_80(lab: Lab, internal: Path) -> None:
+    issued_before = lab.pebble_issued_count()
+    result, row = bootstrap(lab, internal)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert row["certificates"] == {SITE: "issued"}
+    assert lab.pebble_issued_count() == issued_before + 1
+    status, body, leaf = served(lab, UNDER_WILDCARD)
+    assert status == 200 and f"Hello from {HOST}".encode() in body
+    names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sorted(names.get_values_for_type(x509.DNSName)) == sorted([WILDCARD, f"{HOST}.test"])
+    assert served(lab, f"{HOST}.test")[2].serial_number == leaf.serial_number
+    assert "authenticator = dns-rfc2136" in sh(lab, f"cat {RENEWAL_CONF}")
+    # No port-80 block and no challenge location for the site: it is an internal service.
+    config = sh(lab, f"cat {MANAGED}")
+    assert "listen 443 ssl" in config and "listen 80" not in config and "acme-challenge" not in config
+
+
+def test_the_credentials_are_root_only_on_the_host(lab: Lab, internal: Path) -> None:
+    assert sh(lab, f"stat -c '%U:%G %a' {CREDENTIALS}").split() == ["root:root", "600"]
+    host_copy = lab.host_path(HOST, CREDENTIALS).read_text()
+    assert host_copy == (lab.info.lab_dir / layout.LAB_FILES["dns_credentials"]).read_text()
+    assert f"DNS_CREDENTIALS={CREDENTIALS}" in sh(lab, "cat /etc/certfab/renew.env")
+    facts = fab(lab, internal, "-H", HOST, "facts", "--json")
+    assert facts.returncode == 0 and secret_of(lab) not in facts.stdout
+
+
+def test_a_second_run_changes_nothing_and_orders_nothing(lab: Lab, internal: Path) -> None:
+    issued_before = lab.pebble_issued_count()
+    before = snapshot(lab, HOST, ("/etc/nginx", "/etc/letsencrypt", "/etc/certfab"))
+    result, row = bootstrap(lab, internal)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert row["certificates"] == {SITE: "kept"} and not row["done"] and not row["changes"], row
+    assert lab.pebble_issued_count() == issued_before
+    assert snapshot(lab, HOST, ("/etc/nginx", "/etc/letsencrypt", "/etc/certfab")) == before
+
+
+def test_the_cron_script_renews_the_wildcard_through_dns(lab: Lab, internal: Path) -> None:
+    old = served(lab, UNDER_WILDCARD)[2].serial_number
+    sh(lab, f"sed -i '/^renew_before_expiry/d' {RENEWAL_CONF} && sed -i '1i renew_before_expiry = 100 days' "
+            f"{RENEWAL_CONF}")
+    try:
+        run = lab.host_exec(HOST, "/usr/local/sbin/certfab-renew >/dev/null", check=False, timeout=300)
+    finally:
+        sh(lab, f"sed -i '/^renew_before_expiry/d' {RENEWAL_CONF}")
+    assert run.returncode == 0, run.stderr
+    status = json.loads(sh(lab, "cat /var/lib/certfab/status.json"))
+    assert status["result"] == "renewed" and status["renewed"] == [SITE], status
+    deadline = time.monotonic() + 10
+    new = served(lab, UNDER_WILDCARD)[2].serial_number
+    while new == old and time.monotonic() < deadline:
+        time.sleep(0.2)
+        new = served(lab, UNDER_WILDCARD)[2].serial_number
+    assert new != old, "nginx does not serve the renewed certificate"
+    mails = [m for m in lab.mails() if str(m.get("Subject", "")) == f"[certfab] {HOST}: renewal OK"]
+    assert mails, "no renewal mail"
+
+
+def test_no_output_or_run_log_holds_the_credentials(lab: Lab, internal: Path) -> None:
+    secret = secret_of(lab)
+    logs = [p for p in (REPO_DIR / "reports").glob("*.json") if p.stat().st_mtime >= STARTED[0] - 1]
+    assert OUTPUTS and logs, "no output or run log to check"
+    for text in OUTPUTS + [p.read_text() for p in logs]:
+        assert secret not in text

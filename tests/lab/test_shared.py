@@ -281,6 +281,7 @@ def test_removing_the_issuer_hands_issuing_over_without_an_order(lab: Lab, tmp_p
     rows = report(lab, path)
     assert rows[(peer, "shop")]["issuer"] == new_issuer
     assert "shared site: this host issues it" in rows[(new_issuer, "shop")]["notes"]
+    assert any("serves the copy it took over" in n for n in rows[(new_issuer, "shop")]["notes"])
     assert re.search(r"ok|warn", rows[(peer, "shop")]["status"])
 
 

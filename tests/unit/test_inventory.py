@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 F = "inventory.yaml: "
 DELETE = object()
 HOST_KEYS = (
-    "address, groups, sites, user, port, key_file, forward_agent, jump, sudo, webroot, certbot, renewal, tls, acme"
+    "address, groups, sites, user, port, key_file, forward_agent, jump, sudo, webroot, certbot, renewal, tls, acme, dns01"
 )
 TOP_KEYS = "version, ssh, acme, defaults, groups, hosts"
 
@@ -176,7 +176,7 @@ BAD: list[tuple[tuple[Any, ...], object, str]] = [
         "x",
         F
         + "defaults: 'address' is not a known key (known keys: user, port, key_file, forward_agent, jump, sudo, "
-        "webroot, certbot, renewal, tls, acme)",
+        "webroot, certbot, renewal, tls, acme, dns01)",
     ),
     (
         ("defaults", "user"),
@@ -437,7 +437,7 @@ BAD: list[tuple[tuple[Any, ...], object, str]] = [
     (
         ("hosts", "web1", "sites", 0),
         None,
-        F + "hosts.web1.sites[0]: None is not a mapping (expected keys: name, domains, root, upstream, acme)",
+        F + "hosts.web1.sites[0]: None is not a mapping (expected keys: name, domains, root, upstream, acme, challenge, redirect)",
     ),
     (
         ("hosts", "web1", "sites", 0, "domains"),
@@ -448,7 +448,7 @@ BAD: list[tuple[tuple[Any, ...], object, str]] = [
         ("hosts", "web1", "sites", 0, "domain"),
         ["x.example.com"],
         F + "hosts.web1.sites[0]: 'domain' is not a known key; did you mean 'domains'? "
-        "(known keys: name, domains, root, upstream, acme)",
+        "(known keys: name, domains, root, upstream, acme, challenge, redirect)",
     ),
     (
         ("hosts", "web1", "sites", 0, "name"),
@@ -542,8 +542,8 @@ BAD: list[tuple[tuple[Any, ...], object, str]] = [
     (
         ("hosts", "web1", "sites", 0, "domains", 0),
         "*.example.com",
-        F + "hosts.web1.sites[0].domains[0]: '*.example.com' is a wildcard; wildcards need DNS-01, "
-        "which certfab does not support",
+        F + "hosts.web1.sites[0].domains[0]: '*.example.com' is a wildcard; wildcards need challenge: dns-01 "
+        "(HTTP-01 cannot validate them)",
     ),
     (
         ("hosts", "web1", "sites", 0, "domains", 0),

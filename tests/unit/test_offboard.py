@@ -105,4 +105,41 @@ def test_a_peer_of_a_shared_site_drops_its_copy_with_the_site() -> None:
     peer = replace(after, lineages={}, shared_copies={"example": after.lineages["example"].cert_pem})
     plan = plan_removal("web2", "example", peer, keep_certificate=False)
     assert plan.copies == ("example",) and plan.lineages == ()
-    assert plan_removal("web2", "example", peer, keep_certificate=True).copies == ()
+    kept = plan_removal("web2", "example", peer, keep_certificate=True)
+    assert kept.copies == () and any("certfab-shared/example" in w for w in kept.warnings)
+
+
+def shared_bootstrapped() -> HostFacts:
+    """web1 issuing `example`, which web2 also serves (a shared site), after bootstrap."""
+    from pathlib import Path
+
+    from test_desired import NOW
+
+    from certfab.inventory import parse_inventory
+    from certfab.plan import make_plan
+
+    inv = parse_inventory({
+        "acme": {"email": "admin@example.com", "server": "staging"},
+        "defaults": {"renewal": {"admin_email": "ops@example.com"}},
+        "hosts": {"web1": {"address": "192.0.2.10", "sites": [EXAMPLE]},
+                  "web2": {"address": "192.0.2.11", "sites": [EXAMPLE]}},
+    }, Path("inventory.yaml"))
+    start = facts({"example": lineage(["example.com", "www.example.com"], left_days=80)})
+    return converged(make_plan(inv.host("web1"), inv, start, now=NOW, acme_ca_pem=None), start)
+
+
+def test_a_shared_sites_challenge_location_goes_with_the_site() -> None:
+    from certfab.shared import acme_include_path
+
+    after = shared_bootstrapped()
+    acme = acme_include_path("example")
+    assert acme in after.owned_files and acme in site_file(after).text
+    for owned in (after.owned_files, {p: t for p, t in after.owned_files.items() if p != origin_path("example")}):
+        plan = plan_removal("web1", "example", replace(after, owned_files=owned), keep_certificate=False)
+        removed = {w.path for w in plan.writes if w.remove}
+        assert acme in removed
+        text = next(w.content for w in plan.writes if w.path == site_file(after).real_path)
+        assert acme not in text
+    plan = plan_uninstall("web1", after, restore_http=False, keep_certificates=False)
+    text = next(w.content for w in plan.writes if w.path == site_file(after).real_path)
+    assert "/etc/nginx/certfab/" not in text and "acme-challenge" not in text

@@ -215,3 +215,11 @@ class TestReport:
         assert "shared site: web1 issues it" in rows["web3"].notes
         assert "shared site: this host issues it" in rows["web1"].notes
         assert all(not n.startswith("lagging") for n in rows["web3"].notes)
+
+    def test_a_new_issuer_serving_its_copy_says_so(self) -> None:
+        info = parse_pem(certificate(NAMES, 90, 80))
+        record = rp.CertRecord("web2", "shop", tuple(NAMES), info, {d: ServedCert(b"", info) for d in NAMES},
+                               copy=True)
+        row = rp.build_report(rp.link_shared([record], {"shop": "web2"}), now=NOW).rows[0]
+        assert row.status is rp.Status.OK or row.status is rp.Status.WARN
+        assert any("serves the copy it took over" in n for n in row.notes)
