@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from certfab.bootstrap import BootstrapResult
 from certfab.errors import ApplyError, PreflightError
 from certfab.executor import HostRun
+from certfab.facts import HostFacts
 from certfab.fleet import HostSession
 from certfab.gather import gather
 from certfab.issue import EXIT_CERTBOT_FAILED, container_command
@@ -104,18 +105,24 @@ def _carry_out(run: HostRun, plan: Offboarding, result: OffboardResult, what: st
             raise ApplyError(f"{run.host.name}: certbot failed: {detail}")
 
 
+def _read_recovered(run: HostRun, *, check: bool) -> HostFacts:
+    """The host's facts, after rolling back a transaction a lost run left open (not in check mode)."""
+    run.session.step("reading facts")
+    facts = gather(run.session.remote)
+    if facts.journal.strip() and not check:
+        facts = run.recover(facts)
+    if facts.nginx is None:
+        raise PreflightError(f"{run.session.host.name}: nginx is not installed or not on PATH")
+    return facts
+
+
 def remove_site(session: HostSession, site: str, *, check: bool, revoke_reason: str | None,
                 keep_certificate: bool, listed_domains: tuple[str, ...] = ()) -> OffboardResult:
     """One site back to plain HTTP as it was before certfab; its certfab files and lineage gone."""
     result = OffboardResult(session.host.name)
     run = HostRun(session, acme_ca_pem=None, now=datetime.now(timezone.utc), result=BootstrapResult(session.host.name))
     try:
-        session.step("reading facts")
-        facts = gather(session.remote)
-        if facts.journal.strip() and not check:
-            facts = run.recover(facts)
-        if facts.nginx is None:
-            raise PreflightError(f"{session.host.name}: nginx is not installed or not on PATH")
+        facts = _read_recovered(run, check=check)
         plan = plan_removal(session.host.name, site, facts, keep_certificate=keep_certificate,
                             listed_domains=listed_domains)
         result.plan = plan
@@ -138,12 +145,7 @@ def uninstall(session: HostSession, *, check: bool, restore_http: bool, keep_cer
     result = OffboardResult(session.host.name)
     run = HostRun(session, acme_ca_pem=None, now=datetime.now(timezone.utc), result=BootstrapResult(session.host.name))
     try:
-        session.step("reading facts")
-        facts = gather(session.remote)
-        if facts.journal.strip() and not check:
-            facts = run.recover(facts)
-        if facts.nginx is None:
-            raise PreflightError(f"{session.host.name}: nginx is not installed or not on PATH")
+        facts = _read_recovered(run, check=check)
         plan = plan_uninstall(session.host.name, facts, restore_http=restore_http,
                               keep_certificates=keep_certificates)
         result.plan = plan
