@@ -10,7 +10,7 @@ import socket
 import ssl
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,6 +82,16 @@ def http_get(address: str, name: str, path: str = "/", port: int = 80) -> Respon
     finally:
         conn.close()
 
+
+
+def http_pages(address: str, domains: tuple[str, ...], paths: Iterable[str]) -> dict[tuple[str, str], tuple[int, bytes]]:
+    """Status and body of every path of every domain, over plain HTTP from address."""
+    pages = {}
+    for domain in domains:
+        for path in paths:
+            resp = http_get(address, domain, path)
+            pages[(domain, path)] = (resp.status, resp.body)
+    return pages
 
 def https_get(address: str, name: str, cafile: Path, path: str = "/") -> tuple[Response, bytes]:
     """GET https://name/path from address, chain and name verified against `cafile`; also the leaf (DER)."""

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from conftest import VENV_BIN, certfab_cli
 from cryptography import x509
-from labhelpers import http_get, https_get, tree_changes
+from labhelpers import http_get, http_pages, https_get, tree_changes
 
 from certfab.inventory import load_inventory
 from certfab.lab import Lab
@@ -57,12 +57,7 @@ def pebble_validations(lab: Lab, names: tuple[str, ...]) -> int:
 
 def fetch_pages(address: str, domains: tuple[str, ...]) -> dict[tuple[str, str], tuple[int, bytes]]:
     """Status and body of every test page of every domain, over plain HTTP."""
-    pages = {}
-    for domain in domains:
-        for path in PAGES:
-            resp = http_get(address, domain, path)
-            pages[(domain, path)] = (resp.status, resp.body)
-    return pages
+    return http_pages(address, domains, PAGES)
 
 
 def san_names(cert: x509.Certificate) -> list[str]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import labhelpers
 import pytest
 from conftest import certfab_cli
-from labhelpers import http_get, https_get
+from labhelpers import http_get, http_pages, https_get
 
 from certfab.lab import Lab
 
@@ -88,14 +88,9 @@ def reload_nginx(lab: Lab, host: str) -> None:
     lab.host_exec(host, "nginx -t 2>&1 && nginx -s reload")
 
 
-def http_pages(lab: Lab, host: str, domains: tuple[str, ...]) -> dict[tuple[str, str], tuple[int, bytes]]:
-    address = lab.info.host(host).address
-    out = {}
-    for domain in domains:
-        for path in OWN_HEADERS:
-            resp = http_get(address, domain, path)
-            out[(domain, path)] = (resp.status, resp.body)
-    return out
+def own_header_pages(lab: Lab, host: str, domains: tuple[str, ...]) -> dict[tuple[str, str], tuple[int, bytes]]:
+    """Every page of the headers site, over plain HTTP."""
+    return http_pages(lab.info.host(host).address, domains, OWN_HEADERS)
 
 
 @dataclass(frozen=True)
@@ -116,10 +111,10 @@ def web19_headers_site(lab: Lab, module_hosts: tuple[str, ...]) -> HeadersSite:
         page.write_text(body)
     reload_nginx(lab, WEB19)
     deadline = time.monotonic() + 20
-    pages = http_pages(lab, WEB19, WEB19_DOMAINS)
+    pages = own_header_pages(lab, WEB19, WEB19_DOMAINS)
     while any(status != 200 for status, _ in pages.values()) and time.monotonic() < deadline:
         time.sleep(0.3)  # nginx reloads asynchronously: old workers may still answer for a moment
-        pages = http_pages(lab, WEB19, WEB19_DOMAINS)
+        pages = own_header_pages(lab, WEB19, WEB19_DOMAINS)
     assert all(status == 200 for status, _ in pages.values()), [k for k, (s, _) in pages.items() if s != 200]
     fab_ok(lab, "-H", WEB19, "bootstrap")
     return HeadersSite(HEADERS_SITE, pages)
@@ -186,7 +181,7 @@ def test_remove_site_gives_back_the_plain_site_and_revokes(lab: Lab, web19_heade
     # the site file is byte for byte what it was before certfab, and serves the same bytes over HTTP
     site_file = lab.host_path(WEB19, SITE_FILE.format(host=WEB19))
     assert site_file.read_bytes() == web19_headers_site.site_text.encode()
-    assert http_pages(lab, WEB19, WEB19_DOMAINS) == web19_headers_site.pages_before
+    assert own_header_pages(lab, WEB19, WEB19_DOMAINS) == web19_headers_site.pages_before
     assert nginx_files_mentioning(lab, WEB19, "site-web19.conf") == ""
     assert not lab.host_path(WEB19, "/etc/nginx/certfab/site-web19.conf").exists()
     assert not lab.host_path(WEB19, "/var/lib/certfab/origin/web19.json").exists()
@@ -210,7 +205,7 @@ def test_uninstall_restore_http_gives_back_every_site_and_leaves_nothing(
     assert "deleted certificate web19" in result.stdout, result.stdout
     site_file = lab.host_path(WEB19, SITE_FILE.format(host=WEB19))
     assert site_file.read_bytes() == web19_headers_site.site_text.encode()
-    assert http_pages(lab, WEB19, WEB19_DOMAINS) == web19_headers_site.pages_before
+    assert own_header_pages(lab, WEB19, WEB19_DOMAINS) == web19_headers_site.pages_before
     assert not lab.host_path(WEB19, "/etc/letsencrypt/live/web19").exists()
     left = {p: v for p, v in labhelpers.snapshot(lab, WEB19, CERTFAB_PATHS).items() if v != "absent"}
     assert left == {"/etc/certfab": "dir 755 0:0", "/var/lib/certfab": "dir 700 0:0"}, left
