@@ -127,6 +127,8 @@ class HostFacts:
     secret_files: dict[str, str] = field(default_factory=dict)
     # Copies of shared sites' lineages (certfab's, under paths.SHARED_LINEAGES): site -> cert.pem.
     shared_copies: dict[str, str] = field(default_factory=dict)
+    # Lineages whose cert.pem the host kept back (it holds a private key): lineage -> why.
+    refused_certs: dict[str, str] = field(default_factory=dict)
 
 
 def parse_nginx_v(text: str) -> tuple[str, str, bool, str, str]:
@@ -208,6 +210,7 @@ def parse_facts(host: str, reply: Reply, nginx_files: dict[str, ConfigFile] | No
         status=status,
         secret_files={f.arg: f.text.split()[0] for f in reply.all("secret-sha256") if f.text.split()},
         shared_copies={f.arg: f.body.decode("ascii", errors="replace") for f in reply.all("shared-cert")},
+        refused_certs={f.arg: f.text for f in reply.all("cert-refused")},
     )
 
 

@@ -191,6 +191,10 @@ def host_records(session: HostSession, *, timeout: float = 10.0) -> list[CertRec
             served[domain] = result if result.ok else (result.error or "no certificate served")
         records.append(CertRecord(host.name, name, tuple(disk.names), disk, served, facts.status, cron_present(facts),
                                   copy=name not in facts.lineages))
+    for name, why in facts.refused_certs.items():
+        if name not in seen:
+            seen.add(name)
+            records.append(CertRecord(host.name, name, unreachable_error=f"{name}: certificate not read: {why}"))
     for site in host.sites:
         if site.name not in seen:
             records.append(CertRecord(host.name, site.name, site.domains, None, {}, facts.status, cron_present(facts)))

@@ -1023,8 +1023,8 @@ def parse_inventory(data: object, path: Path) -> Inventory:
 # ---------------------------------------------------------------------------------------------- files
 
 
-class _Loader(yaml.SafeLoader):
-    """Safe YAML loader that refuses duplicate keys and reads only true/false as booleans (YAML 1.2)."""
+class _Rules:
+    """Refuses duplicate keys and reads only true/false as booleans (YAML 1.2); mixed into both loaders."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
         """Build a mapping, refusing a key given twice (PyYAML would silently keep the last)."""
@@ -1032,7 +1032,7 @@ class _Loader(yaml.SafeLoader):
         for key_node, _ in node.value:
             if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
                 continue
-            key = self.construct_object(key_node, deep=deep)
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[attr-defined]
             try:
                 duplicate = key in seen
                 seen.add(key)
@@ -1045,17 +1045,29 @@ class _Loader(yaml.SafeLoader):
                     f"duplicate key {_short_repr(key)}",
                     key_node.start_mark,
                 )
-        return super().construct_mapping(node, deep=deep)
+        return super().construct_mapping(node, deep=deep)  # type: ignore[misc,no-any-return]
 
+
+class _Loader(_Rules, yaml.SafeLoader):
+    """The safe loader in Python: slower, and the one whose error messages certfab shows."""
+
+
+# libyaml's parser when PyYAML was built with it (several times faster on a large inventory); the
+# constructor and resolver, where the rules live, are the same Python classes either way.
+_FastLoader: type[yaml.SafeLoader] = (
+    type("_FastLoader", (_Rules, yaml.CSafeLoader), {}) if getattr(yaml, "__with_libyaml__", False) else _Loader
+)
 
 # YAML 1.1 also reads yes/no/on/off as booleans (a host or group called `no` would become False).
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
+_LOADERS: tuple[type[yaml.SafeLoader], ...] = tuple(dict.fromkeys((_Loader, _FastLoader)))
+for _loader in _LOADERS:
+    _loader.yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    _loader.add_implicit_resolver(
+        "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+    )
 
 
 def _yaml_error(display: str, exc: yaml.YAMLError) -> str:
@@ -1071,7 +1083,17 @@ def _yaml_error(display: str, exc: yaml.YAMLError) -> str:
 def _load_yaml(text: str, display: str) -> object:
     """Parse YAML text, turning every parser failure into a one-line InventoryError."""
     try:
-        return yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
+        try:
+            return yaml.load(text, Loader=_FastLoader)  # a SafeLoader
+        except yaml.YAMLError as fast_error:
+            if _FastLoader is _Loader:
+                raise
+            # The Python parser says the same thing in the words the documentation quotes.
+            try:
+                yaml.load(text, Loader=_Loader)
+            except yaml.YAMLError:
+                raise
+            raise fast_error from None
     except yaml.YAMLError as exc:
         raise InventoryError(_yaml_error(display, exc)) from None
     except RecursionError:

@@ -7,17 +7,25 @@ A script prints nothing but frames, two lines each:
 
 Host content only ever travels base64-encoded, so no file, file name or command output can start a
 line of its own, and a header without the script's nonce is refused instead of believed.
+
+Files can travel together: a `files` frame is a tar archive of several host files (one process on the
+host for any number of them), a `file` frame one file by its path. Both become, here, the frames the
+file's path stands for in FILE_ROUTES, as if the script had sent each on its own; a path that is not
+there, or a member that is not a regular file, makes the whole answer a ProtocolError.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import io
 import re
 import secrets
+import tarfile
 from dataclasses import dataclass
 
 from certfab.errors import RemoteError
+from certfab.paths import CRON_FILE, LETSENCRYPT_LIVE, LETSENCRYPT_RENEWAL, SHARED_LINEAGES, STATUS_FILE
 
 _NAME = re.compile(r"[a-z][a-z0-9-]{0,40}")
 _B64 = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
@@ -83,6 +91,47 @@ class Reply:
         return lines[-1] if lines else "no output"
 
 
+# Host paths a script may send as files, and the frame each becomes: (path pattern, frame name, argument),
+# the argument being the pattern's one group, or the path itself for "path", or empty.
+_LINEAGE = r"([^/]+)"
+FILE_ROUTES: tuple[tuple[re.Pattern[str], str, str], ...] = tuple(
+    (re.compile(pattern), name, arg) for pattern, name, arg in (
+        (re.escape(LETSENCRYPT_LIVE) + f"/{_LINEAGE}/cert\\.pem", "cert", "group"),
+        (re.escape(SHARED_LINEAGES) + f"/{_LINEAGE}/cert\\.pem", "shared-cert", "group"),
+        (re.escape(LETSENCRYPT_RENEWAL) + f"/{_LINEAGE}\\.conf", "renewal-conf", "group"),
+        (re.escape(STATUS_FILE), "status", ""),
+        (re.escape(CRON_FILE), "owned-file", "path"),
+        ("/var/spool/cron/crontabs/root|/var/spool/cron/root", "crontab", ""),
+    )
+)
+
+
+def routed_frame(path: str, body: bytes) -> Frame:
+    """The frame a host file stands for (FILE_ROUTES); a path outside them is a ProtocolError."""
+    for pattern, name, arg in FILE_ROUTES:
+        found = pattern.fullmatch(path)
+        if found:
+            return Frame(name, found.group(1) if arg == "group" else path if arg == "path" else "", body)
+    raise ProtocolError(f"the answer holds a file certfab did not ask for: {path[:80]!r}")
+
+
+def unpack_files(archive: bytes) -> list[Frame]:
+    """A `files` frame's tar archive as one routed frame per member, read in memory only."""
+    frames = []
+    try:
+        with tarfile.open(fileobj=io.BytesIO(archive), mode="r:", encoding="utf-8",
+                          errors="surrogateescape") as tar:
+            for member in tar:
+                # A sparse member could claim a size far beyond the bytes that came (zeros made up here).
+                if not member.isreg() or member.issparse() or member.size > len(archive):
+                    raise ProtocolError(f"the file archive holds {member.name[:80]!r}, which is not a plain file")
+                data = tar.extractfile(member)
+                frames.append(routed_frame("/" + member.name.lstrip("/"), data.read() if data else b""))
+    except (tarfile.TarError, EOFError, ValueError) as exc:
+        raise ProtocolError(f"the file archive is not a readable tar archive: {exc}") from None
+    return frames
+
+
 def _b64decode(data: bytes, what: str) -> bytes:
     if not _B64.fullmatch(data):
         raise ProtocolError(f"{what} is not base64")
@@ -120,7 +169,14 @@ def parse_frames(data: bytes, nonce: str) -> tuple[Frame, ...]:
         name = fields[0].decode("ascii")
         arg = _b64decode(fields[1], f"the argument of frame {name}").decode("utf-8", errors="surrogateescape")
         body = _b64decode(lines[index + 1], f"the body of frame {name}")
-        frames.append(Frame(name, arg, body))
+        if name == "files":
+            if not body:
+                raise ProtocolError("tar on the host sent no archive")
+            frames += unpack_files(body)
+        elif name == "file":
+            frames.append(routed_frame(arg, body))
+        else:
+            frames.append(Frame(name, arg, body))
         index += 2
     return tuple(frames)
 

@@ -248,10 +248,25 @@ def _locked_known_hosts(path: Path, *, exclusive: bool) -> Iterator[int]:
             os.close(fd)
 
 
+# Parsed known_hosts files, by path and the file's identity: every connection of a run reads the same one.
+_PARSED_KNOWN_HOSTS: dict[str, tuple[tuple[int, int, int, int], paramiko.HostKeys]] = {}
+
+
 def load_known_hosts(client: paramiko.SSHClient, path: Path) -> None:
-    """Load known_hosts into one client, never while a line is being appended."""
-    with _locked_known_hosts(path, exclusive=False):
-        client.load_system_host_keys(str(path))
+    """Give one client the keys of known_hosts, never read while a line is being appended.
+
+    The file is parsed once per process and again only when it changed (--accept-new appends to it);
+    clients share the parsed keys, which paramiko only reads.
+    """
+    with _locked_known_hosts(path, exclusive=False) as fd:
+        info = os.fstat(fd)
+        identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+        cached = _PARSED_KNOWN_HOSTS.get(str(path))
+        if cached is None or cached[0] != identity:
+            keys = paramiko.HostKeys()
+            keys.load(str(path))
+            cached = _PARSED_KNOWN_HOSTS[str(path)] = (identity, keys)
+    client._system_host_keys = cached[1]
 
 
 def record_host_key(path: Path, name: str, key: paramiko.PKey) -> bool:

@@ -16,6 +16,7 @@ import base64
 import hashlib
 import posixpath
 import re
+import threading
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -78,9 +79,18 @@ class Observed:
     binaries: tuple[str, ...] = ()  # nginx's binary, its libraries and the runtime, as found now
 
 
-@lru_cache(maxsize=1)
 def code_digest() -> str:
     """sha256 of certfab's modules and templates: new code never trusts an old stamp."""
+    # Hosts' threads ask at once: the first computes, the others wait for its answer.
+    with _CODE_DIGEST_LOCK:
+        return _code_digest()
+
+
+_CODE_DIGEST_LOCK = threading.Lock()
+
+
+@lru_cache(maxsize=1)
+def _code_digest() -> str:
     digest = hashlib.sha256()
     files = sorted(_PACKAGE_DIR.glob("*.py"))
     # The templates rendered: the checkout's or, installed, the package's own copy.

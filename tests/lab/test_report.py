@@ -34,6 +34,7 @@ from certfab.gather import host_records
 from certfab.inventory import Inventory, load_inventory
 from certfab.issue import container_command
 from certfab.lab import Lab
+from certfab.protocol import parse_frames
 from certfab.remote import RunResult
 from certfab.remote_scripts import render_script
 
@@ -347,10 +348,14 @@ def test_one_remote_command_per_host(lab: Lab, fleet: tuple[str, ...], inventory
 
 def test_remote_command_reads_no_private_key(lab: Lab, fleet: tuple[str, ...], inventory: Inventory) -> None:
     script = render_script(REPORT_SCRIPT, nonce="0", **report_context())
-    # The one mention of PRIVATE KEY is the guard that refuses to send a file holding one.
-    guard = "grep -q -e 'PRIVATE KEY' -- \"${certfab_d}cert.pem\""
-    assert script.count(guard) == 1
-    assert "privkey" not in script and "/archive" not in script and "PRIVATE" not in script.replace(guard, "")
+    # The only mentions of PRIVATE KEY are the guards that refuse to send a file holding one: one grep
+    # for every cert.pem, and one per file when that grep could not read them all.
+    guards = ("grep -c -s -h -e 'PRIVATE KEY' -- \"$@\"", "grep -q -e 'PRIVATE KEY' -- \"$certfab_f\"")
+    assert all(script.count(guard) == 1 for guard in guards)
+    unguarded = script
+    for guard in guards:
+        unguarded = unguarded.replace(guard, "")
+    assert "privkey" not in script and "/archive" not in script and "PRIVATE" not in unguarded
     assert not re.search(r"\*[^ ;\"']*\.(pem|key)\b", script), "a glob that could match keys"
     assert not re.search(r"/(etc/letsencrypt|live)/\*(?!/)", script), "a glob over whole lineage dirs"
 
@@ -365,8 +370,11 @@ def test_remote_command_reads_no_private_key(lab: Lab, fleet: tuple[str, ...], i
     assert outcome.commands == 1
     output = outcome.value.stdout + outcome.value.stderr
     cert_pem = lab.host_path("web6", "/etc/letsencrypt/live/web6/cert.pem").read_bytes()
-    assert base64.b64encode(cert_pem).decode() in output  # the public certificate did come back
+    frames = parse_frames(outcome.value.stdout.encode("utf-8", errors="surrogateescape"), "0")
+    assert [f.body for f in frames if f.name == "cert" and f.arg == "web6"] == [cert_pem]  # it did come back
     assert_no_private_key(output, key_pem, "remote output")
+    for frame in frames:
+        assert_no_private_key(frame.text, key_pem, f"frame {frame.name} {frame.arg}")
 
 
 # --- every output format ----------------------------------------------------------------------------
