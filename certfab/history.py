@@ -6,7 +6,6 @@ It lives under the operator's state directory ($CERTFAB_STATE_DIR, else $XDG_STA
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
 from collections.abc import Sequence
@@ -14,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from certfab.errors import CertfabError
+from certfab.opstate import state_dir
 from certfab.ratelimit import Event, Limits, Order, name_set, refusal, registered_domains
 
 FILE_NAME = "history.sqlite"
@@ -32,15 +32,6 @@ CREATE INDEX IF NOT EXISTS events_time ON events (time);
 """
 # Older events never decide anything (the longest window is 7 days, the longest back-off one day).
 KEEP_READING = timedelta(days=8)
-
-
-def state_dir() -> Path:
-    """The operator's certfab state directory."""
-    explicit = os.environ.get("CERTFAB_STATE_DIR")
-    if explicit:
-        return Path(explicit).expanduser()
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "certfab"
 
 
 def history_path() -> Path:

@@ -16,15 +16,13 @@ import base64
 import hashlib
 import posixpath
 import re
-import threading
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from functools import lru_cache
-from pathlib import Path
 
 from certfab.certs import parse_pem
 from certfab.facts import ConfigFile, HostFacts, facts_context, parse_facts
 from certfab.inventory import Host, Inventory
+from certfab.opstate import code_digest
 from certfab.paths import (
     CRON_FILE,
     HOST_CONFIG_DIR,
@@ -35,7 +33,6 @@ from certfab.paths import (
 )
 from certfab.protocol import Reply
 from certfab.shared import stamp_view
-from certfab.templating import TEMPLATES_DIR
 
 STAMP_FILE = f"{STATE_DIR}/stamp"
 STAMP_VERSION = "certfab-stamp 2"
@@ -59,7 +56,6 @@ WATCHED = (
 _HASH = re.compile(r"^[0-9a-f]{32}$")
 # md5 of no input: what a find without -printf (busybox) would leave; it proves nothing.
 _EMPTY_MD5 = "d41d8cd98f00b204e9800998ecf8427e"
-_PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 @dataclass(frozen=True)
@@ -77,28 +73,6 @@ class Observed:
     state: str
     watch: tuple[str, ...]  # the extra paths the state hash covered, in the order hashed
     binaries: tuple[str, ...] = ()  # nginx's binary, its libraries and the runtime, as found now
-
-
-def code_digest() -> str:
-    """sha256 of certfab's modules and templates: new code never trusts an old stamp."""
-    # Hosts' threads ask at once: the first computes, the others wait for its answer.
-    with _CODE_DIGEST_LOCK:
-        return _code_digest()
-
-
-_CODE_DIGEST_LOCK = threading.Lock()
-
-
-@lru_cache(maxsize=1)
-def _code_digest() -> str:
-    digest = hashlib.sha256()
-    files = sorted(_PACKAGE_DIR.glob("*.py"))
-    # The templates rendered: the checkout's or, installed, the package's own copy.
-    if TEMPLATES_DIR.is_dir():
-        files += sorted(p for p in TEMPLATES_DIR.rglob("*") if p.is_file())
-    for path in files:
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
 
 
 def input_key(host: Host, inventory: Inventory, acme_ca_pem: str | None) -> str:

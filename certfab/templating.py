@@ -1,4 +1,8 @@
-"""Jinja2 rendering of the files certfab writes on hosts, with a guard against unsafe values."""
+"""Jinja2 rendering of the files certfab writes on hosts, with a guard against unsafe values.
+
+Jinja itself loads with the first template rendered: a run whose scripts all come from the rendered
+script cache (certfab.remote_scripts) never imports it.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,12 @@ import hashlib
 import shlex
 from functools import lru_cache
 from pathlib import Path
-
-import jinja2
-from jinja2.nodes import EvalContext
+from typing import TYPE_CHECKING
 
 from certfab.errors import CertfabError
+
+if TYPE_CHECKING:
+    import jinja2
 
 
 def _templates_dir() -> Path:
@@ -60,10 +65,9 @@ def check_safe(value: str) -> str:
     return value
 
 
-@jinja2.pass_eval_context
-def _finalize(eval_ctx: EvalContext, value: object) -> object:
+def _finalize(autoescape: bool, value: object) -> object:
     """Check every `{{ ... }}` result before it is written into a non-HTML template."""
-    if eval_ctx.autoescape:
+    if autoescape:
         # HTML output is escaped by Jinja itself; the guard is for nginx and shell files.
         return value
     if isinstance(value, Trusted):
@@ -110,25 +114,23 @@ def _trusted_filter(value: object) -> Trusted:
     return Trusted(str(value))
 
 
-class _CompiledTemplates(jinja2.FileSystemBytecodeCache):
+def _bytecode_cache() -> jinja2.BytecodeCache | None:
     """Compiled templates kept between runs, so a command does not compile the same scripts again.
 
     Jinja's per-user directory in the temp dir (created 0700, refused unless it is the user's own). An
-    entry holds only while both its template and this module (the environment's options) are unchanged.
+    entry holds only while both its template and this module (the environment's options) are unchanged;
+    None where no safe directory for it exists.
     """
+    import jinja2
 
-    def __init__(self) -> None:
-        super().__init__(pattern="certfab-%s.cache")
-        self.module_digest = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+    module_digest = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
 
-    def get_source_checksum(self, source: str) -> str:
-        return hashlib.sha256(f"{self.module_digest}\0{source}".encode("utf-8", "surrogateescape")).hexdigest()
+    class CompiledTemplates(jinja2.FileSystemBytecodeCache):
+        def get_source_checksum(self, source: str) -> str:
+            return hashlib.sha256(f"{module_digest}\0{source}".encode("utf-8", "surrogateescape")).hexdigest()
 
-
-def _bytecode_cache() -> jinja2.BytecodeCache | None:
-    """The cache of compiled templates, or None where no safe directory for it exists."""
     try:
-        return _CompiledTemplates()
+        return CompiledTemplates(pattern="certfab-%s.cache")
     except (OSError, RuntimeError):
         return None
 
@@ -139,6 +141,12 @@ def environment() -> jinja2.Environment:
 
     Files named *.html.j2 are autoescaped; every other template gets the unsafe-value guard.
     """
+    import jinja2
+
+    @jinja2.pass_eval_context
+    def finalize(eval_ctx: jinja2.nodes.EvalContext, value: object) -> object:
+        return _finalize(eval_ctx.autoescape, value)
+
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
         undefined=jinja2.StrictUndefined,
@@ -151,7 +159,7 @@ def environment() -> jinja2.Environment:
             default_for_string=False,
             default=False,
         ),
-        finalize=_finalize,
+        finalize=finalize,
         bytecode_cache=_bytecode_cache(),
     )
     env.filters["shq"] = _shell_quote

@@ -84,7 +84,7 @@ def test_a_compiled_template_is_used_only_while_its_source_is_unchanged(tmp_path
 
     def rendered() -> str:
         env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(tmp_path)),
-                                 bytecode_cache=templating._CompiledTemplates())
+                                 bytecode_cache=templating._bytecode_cache())
         return env.get_template("probe.sh.j2").render(name="web1")
 
     template.write_text("echo {{ name }} one\n")
