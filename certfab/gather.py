@@ -7,7 +7,6 @@ the seam (certfab.remote); what they parse and decide is pure and lives there.
 from __future__ import annotations
 
 import posixpath
-import threading
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -29,19 +28,11 @@ from certfab.inventory import Inventory
 from certfab.paths import STATE_DIR
 from certfab.protocol import Reply
 from certfab.remote import Remote
-from certfab.stamp import (
-    STAMP_FILE,
-    STAMP_SCRIPT,
-    Observed,
-    Unchanged,
-    parse_probe,
-    probe_context,
-    stamp_to_write,
-)
 
-if TYPE_CHECKING:  # what the report and facts pipelines return; loaded when they run
+if TYPE_CHECKING:  # what the pipelines return; loaded when they run (the report needs no stamp)
     from certfab.fleet import HostSession
     from certfab.report import CertRecord
+    from certfab.stamp import Observed, Unchanged
 
 
 def read_nginx_files(remote: Remote, reply: Reply) -> tuple[dict[str, ConfigFile], dict[str, str]]:
@@ -98,6 +89,8 @@ def gather_for_report(remote: Remote) -> HostFacts:
 
 def read_host(remote: Remote, *, key: str | None, now: datetime) -> Unchanged | Observed:
     """Unchanged (one command) if the stamp for `key` holds, else every fact (key None: always)."""
+    from certfab.stamp import parse_probe, probe_context
+
     reply = remote.script(FACTS_SCRIPT, what="reading facts", context=probe_context(remote.host, key=key, now=now))
     if not reply.has("unchanged") and not reply.has("done"):
         raise RemoteError(f"{remote.host.name}: reading facts: the answer is incomplete "
@@ -110,6 +103,8 @@ def read_host(remote: Remote, *, key: str | None, now: datetime) -> Unchanged | 
 
 def write_stamp(remote: Remote, *, key: str, observed: Observed, warnings: list[str], now: datetime) -> bool:
     """Record that the host was found in its desired state (one remote command); False if not possible."""
+    from certfab.stamp import STAMP_FILE, STAMP_SCRIPT, stamp_to_write
+
     stamp = stamp_to_write(remote.host, key=key, observed=observed, warnings=warnings, now=now)
     if stamp is None:
         return False
@@ -128,6 +123,7 @@ def stamp_if_converged(
     """After a run that changed the host: read it again and stamp it only if nothing is left to do."""
     from certfab.desired import changed_writes, decide_certificate, desired_state, preflight
     from certfab.shared import role_of
+    from certfab.stamp import Observed
 
     try:
         observed = read_host(remote, key=None, now=now)
@@ -148,21 +144,10 @@ def stamp_if_converged(
     return write_stamp(remote, key=key, observed=observed, warnings=warnings, now=now)
 
 
-def preload_certificate_support() -> None:
-    """Load X.509 parsing in the background while the first hosts are still connecting.
-
-    Every report parses certificates once its hosts answer; importing cryptography's X.509 support
-    (a tenth of a second) then would delay the first answer instead of overlapping the SSH handshakes.
-    """
-    def load() -> None:
-        import certfab.x509info  # noqa: F401
-
-    threading.Thread(target=load, name="certfab-preload", daemon=True).start()
-
-
 def host_records(session: HostSession, *, timeout: float = 10.0) -> list[CertRecord]:
     """One record per certificate lineage on the host, with what each of its names serves."""
-    from certfab.certs import CertificateError, parse_pem
+    from certfab.certcache import parse_pem
+    from certfab.certs import CertificateError
     from certfab.expiry import cron_present
     from certfab.report import CertRecord
     from certfab.tlsprobe import ServedProbes

@@ -15,7 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from certfab.certs import CertificateError, CertInfo, parse_der
+from certfab.certcache import parse_der
+from certfab.certs import CertificateError, CertInfo
 
 DEFAULT_TIMEOUT = 10.0
 

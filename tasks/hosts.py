@@ -300,7 +300,7 @@ def report_expiry(c: Context, inventory: str | None = None, limit: str | None = 
     from certfab.errors import CertfabError
     from certfab.expiry import unreachable_records
     from certfab.fleet import run_fleet
-    from certfab.gather import host_records, preload_certificate_support
+    from certfab.gather import host_records
     from certfab.report import (
         Thresholds,
         build_report,
@@ -328,8 +328,6 @@ def report_expiry(c: Context, inventory: str | None = None, limit: str | None = 
 
     def pipeline(session: HostSession) -> list[CertRecord]:
         return host_records(session, timeout=inv.ssh.connect_timeout)
-
-    preload_certificate_support()
 
     with LiveProgress([h.name for h in hosts], "report-expiry") as progress:
         outcomes = run_fleet(hosts, inv, pipeline, parallel=parallel, accept_new=accept_new,
