@@ -41,6 +41,7 @@ from certfab.fleet import HostSession, run_fleet, run_on_host
 from certfab.gather import read_facts
 from certfab.inventory import Inventory, load_inventory
 from certfab.lab import Lab
+from certfab.protocol import parse_frames
 from certfab.remote_scripts import render_script
 
 HOSTS = ("web1", "web2")
@@ -283,9 +284,15 @@ def test_facts_reads_public_certificates_and_never_a_private_key(
 
         [outcome] = run_fleet([inventory.host("web1")], inventory, raw)
         assert outcome.value is not None, outcome.error
-        assert base64.b64encode(cert.public_bytes(serialization.Encoding.PEM)).decode() in outcome.value
+        frames = parse_frames(outcome.value.encode("utf-8", "surrogateescape"), "0")
+        assert [f.body for f in frames if f.name == "cert" and f.arg == "probe"] == [
+            cert.public_bytes(serialization.Encoding.PEM)]
         assert "PRIVATE KEY" not in outcome.value
         assert base64.b64encode(key_pem).decode()[:40] not in outcome.value
+        # Inside every frame (files travel in a tar archive), no key either.
+        key_body = b"".join(key_pem.splitlines()[1:-1])
+        for frame in frames:
+            assert b"PRIVATE KEY" not in frame.body and key_body not in frame.body.replace(b"\n", b"")
     finally:
         shutil.rmtree(archive.parent.parent / "archive")
         shutil.rmtree(live.parent.parent / "live")
