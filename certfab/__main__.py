@@ -4,7 +4,8 @@
     certfab -H web1 bootstrap
     certfab deploy-all --limit europe
 
-The task collection is the one `fab` and `inv` load from a checkout (package `tasks`), run by Fabric's
+The task collection is the one `fab` and `inv` load from a checkout (`tasks/`, installed as
+`certfab.tasks`), run by Fabric's
 own program, so `-H`, `--prompt-for-sudo-password`, `--help TASK` and exit codes are those of `fab`.
 """
 
@@ -16,7 +17,11 @@ from fabric import Config, Executor
 from fabric.main import Fab
 
 from certfab import __version__
-from tasks import ns
+
+try:
+    from certfab.tasks import ns  # installed: the wheel carries the collection inside the package
+except ImportError:  # a checkout: the collection is the top-level tasks/ that fab and inv load
+    from tasks import ns
 
 
 def make_program() -> Fab:

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 # "copied": a peer got its shared site's lineage from the issuer; "awaits": a peer has no copy yet;
 # "held": an issuer's order waits for deploy-all's second pass (every backend has its ACME location then).
-CertOutcome = Literal["kept", "issued", "keep", "order", "copied", "awaits", "held"]
+CertOutcome = Literal["kept", "issued", "keep", "order", "copied", "awaits", "held", "refused"]
 
 
 @dataclass
@@ -108,6 +108,15 @@ def bootstrap_host(session: HostSession, *, check: bool, acme_ca_pem: str | None
             result.planned = True
             result.certificates = {c.site: ("order" if c.needs_order else "awaits" if c.action == "await" else "keep")
                                    for c in plan.certificates}
+            if guard is not None and plan.orders:
+                from certfab.ratelimit import Order
+
+                # What the rate-limit guard would say to these orders now (a plan's guard records nothing).
+                wanted = [Order(host.name, o.site, o.domains, renewal=o.action == "renew") for o in plan.orders]
+                allowed, refused = guard.admit(wanted)
+                result.refused += [line.replace(": refused: ", ": would be refused: ", 1) for line in refused]
+                admitted = {order.site for order in allowed}
+                result.certificates.update({o.site: "refused" for o in plan.orders if o.site not in admitted})
             return result
         execute(run, plan, seen if facts is seen.facts else None, key)
         return result

@@ -213,6 +213,7 @@ def _admitted_orders(run: HostRun, plan: Plan) -> tuple[tuple[CertificateDecisio
     allowed, refused = run.guard.admit(wanted)
     run.result.refused += refused
     sites = {order.site for order in allowed}
+    run.result.certificates.update({o.site: "refused" for o in plan.orders if o.site not in sites})
     return tuple(o for o in plan.orders if o.site in sites), allowed
 
 

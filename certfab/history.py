@@ -42,20 +42,30 @@ def history_path() -> Path:
 class History:
     """The history database; safe to share between the threads of one run."""
 
-    def __init__(self, path: Path | None = None) -> None:
+    def __init__(self, path: Path | None = None, *, read_only: bool = False) -> None:
+        """Open (and create) the history; read_only (for plans) creates nothing and records nothing."""
         self.path = path or history_path()
+        self.read_only = read_only
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
         try:
+            if read_only:
+                if self.path.exists():
+                    self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30,
+                                               check_same_thread=False, isolation_level=None)
+                return
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
             self._db.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise CertfabError(f"{self.path}: cannot open the order history: {exc}") from None
         self.path.chmod(0o600)
-        self._lock = threading.Lock()
 
     def record(self, event: Event) -> None:
-        """Add one event."""
+        """Add one event (nothing, read-only)."""
         with self._lock:
+            if self._db is None or self.read_only:
+                return
             self._db.execute(
                 "INSERT INTO events (time, kind, host, site, names, renewal, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (event.time.timestamp(), event.kind, event.host, event.site, " ".join(event.names),
@@ -65,10 +75,15 @@ class History:
     def events(self, since: datetime) -> list[Event]:
         """Every event from `since` on, oldest first."""
         with self._lock:
-            rows = self._db.execute(
-                "SELECT time, kind, host, site, names, renewal, detail FROM events WHERE time >= ? ORDER BY time, id",
-                (since.timestamp(),),
-            ).fetchall()
+            if self._db is None:
+                return []  # read-only and no history yet
+            try:
+                rows = self._db.execute(
+                    "SELECT time, kind, host, site, names, renewal, detail FROM events WHERE time >= ? "
+                    "ORDER BY time, id", (since.timestamp(),),
+                ).fetchall()
+            except sqlite3.Error as exc:
+                raise CertfabError(f"{self.path}: cannot read the order history: {exc}") from None
         return [
             Event(datetime.fromtimestamp(t, timezone.utc), kind, host, site, tuple(names.split()), bool(renewal),
                   detail)
@@ -77,11 +92,15 @@ class History:
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            if self._db is not None:
+                self._db.close()
 
 
 class RateGuard:
-    """Admits orders under the limits, counting the history and this run's admitted orders; records events."""
+    """Admits orders under the limits, counting the history and this run's admitted orders; records events.
+
+    On a read-only history (a plan) it judges the same way and records nothing.
+    """
 
     def __init__(self, history: History, limits: Limits, *, force: bool) -> None:
         self.history = history

@@ -2,7 +2,7 @@
 
 from invoke.collection import Collection
 
-from tasks import hosts, lab, lifecycle
+from . import hosts, lab, lifecycle
 
 ns = Collection()
 for name in hosts.__all__:

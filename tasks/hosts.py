@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from invoke.context import Context
 from invoke.tasks import task
 
-from tasks.deferred import reports_errors
+from .deferred import reports_errors
 
 # Only names for annotations here: each task imports the core it runs (see tasks/deferred.py).
 if TYPE_CHECKING:
@@ -98,11 +98,10 @@ def _bootstrap_fleet(c: Context, hosts: tuple[Host, ...], inv: Inventory, *, che
         from certfab.acmefetch import fetch_directory
 
         directory = fetch_directory(inv.acme.server, inv.acme.ca_bundle)
-    guard = None
-    if not check:
-        from certfab.history import History, RateGuard
+    from certfab.history import History, RateGuard
 
-        guard = RateGuard(History(), inv.acme.rate_limits, force=force)
+    # A plan asks the guard too, on the history read-only: an order it would refuse shows as refused.
+    guard = RateGuard(History(read_only=check), inv.acme.rate_limits, force=force)
     config = fabric_config(c)
     stop = Stop()
 
@@ -131,7 +130,8 @@ def _bootstrap_fleet(c: Context, hosts: tuple[Host, ...], inv: Inventory, *, che
                         meta={"check": check, "parallel": parallel, "canary": canary, "interrupted": interrupted})
     if json_ and title == "plan":
         # The plans themselves: file changes with their diffs, certificate decisions, warnings.
-        plans = [{**o.value.plan.to_json(), "error": None} if o.value is not None and o.value.plan is not None
+        plans = [{**o.value.plan.to_json(), "refused": list(o.value.refused), "error": None}
+                 if o.value is not None and o.value.plan is not None
                  else {"host": o.host, "empty": None, "error": row["error"]} for o, row in zip(outcomes, rows)]
         sys.stdout.write(json.dumps(plans, indent=2) + "\n")
     elif json_:
@@ -196,16 +196,16 @@ def history(c: Context, json_: bool = False, days: int = 7) -> None:
     sys.stdout.writelines(for_terminal(line) + "\n" for line in history_lines(events))
 
 
-@task(help=helps("inventory", "limit", "accept_new", "json", "parallel"))
+@task(help=helps("inventory", "limit", "accept_new", "json", "parallel", "force"))
 @reports_errors
 def plan(c: Context, inventory: str | None = None, limit: str | None = None, accept_new: bool = False,
-         json_: bool = False, parallel: int = 10) -> None:
+         json_: bool = False, parallel: int = 10, force: bool = False) -> None:
     """Show what bootstrap would change (diffs, certificate requests) without changing anything."""
     from certfab.cli import inventory_for, target_hosts
 
     inv = inventory_for(c, inventory)
     _bootstrap_fleet(c, target_hosts(c, inv, limit), inv, check=True, accept_new=accept_new,
-                     parallel=parallel, json_=json_, title="plan")
+                     parallel=parallel, json_=json_, title="plan", force=force)
 
 
 @task(help=helps("inventory", "limit", "accept_new", "json", "parallel", "check", "canary", "force"))

@@ -9,7 +9,7 @@ from invoke.collection import Collection
 from invoke.context import Context
 from invoke.tasks import task
 
-from tasks.deferred import reports_errors
+from .deferred import reports_errors
 
 if TYPE_CHECKING:
     from certfab.lab.control import Progress

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 from invoke.context import Context
 from invoke.tasks import task
 
-from tasks.deferred import reports_errors
-from tasks.hosts import helps
+from .deferred import reports_errors
+from .hosts import helps
 
 if TYPE_CHECKING:
     from certfab.fleet import HostSession

@@ -301,6 +301,21 @@ def test_the_rate_limit_guard_orders_what_fits_and_refuses_the_rest(
         ("issued", "one", ["web22.test"]), ("issued", "two", ["web22.test"]),
     ]), events
 
+    # A plan asks the guard too: the same refusal, as a forecast, and nothing recorded.
+    history = tmp_path / "state" / "history.sqlite"
+    recorded = history.read_bytes()
+    planned = certfab_cli(lab, "fab", "-H", LIMITED_HOST, "plan", "--json", inventory=inventory, env=env)
+    assert planned.returncode == 1, planned.stdout + planned.stderr
+    [plan] = json.loads(planned.stdout)
+    [forecast] = plan["refused"]
+    assert forecast.startswith("web22: site three: would be refused: registered domain web22.test has 2 new "), plan
+    assert [c["site"] for c in plan["certificates"] if c["action"] != "keep"] == ["three"], plan
+    assert history.read_bytes() == recorded and lab.pebble_issued_count() == issued + 2
+    # Without any history yet, a plan creates none.
+    fresh = {"CERTFAB_STATE_DIR": str(tmp_path / "fresh-state")}
+    assert certfab_cli(lab, "fab", "-H", LIMITED_HOST, "plan", inventory=inventory, env=fresh).returncode == 0
+    assert not (tmp_path / "fresh-state" / "history.sqlite").exists()
+
     again = certfab_cli(lab, "fab", "-H", LIMITED_HOST, "bootstrap", inventory=inventory, env=env)
     assert again.returncode == 1, again.stdout + again.stderr
     assert [line.split("; the window")[0] for line in refusals(again.stderr)] == [line.split("; the window")[0]]

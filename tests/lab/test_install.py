@@ -68,6 +68,10 @@ def test_the_installed_package_reads_its_own_templates(installed: Path, tmp_path
     assert templates.parts[-2:] == ("certfab", "templates")
     assert (templates / "report.html.j2").is_file()
     assert (templates / "remote" / "facts.sh.j2").is_file()
+    # The task collection lives inside the package: no top-level `tasks` to clash with another project's.
+    site_packages = templates.parent.parent
+    assert (site_packages / "certfab" / "tasks" / "hosts.py").is_file()
+    assert not (site_packages / "tasks").exists()
 
 
 def test_certfab_lists_the_tasks_from_another_directory(installed: Path, tmp_path: Path, lab: Lab) -> None:
