@@ -165,7 +165,8 @@ def _decide_copy(site: Site, pem: str | None, now: datetime) -> CertDecision:
 
 
 def renewal_conf_write(site: str, cert_pem: str, conf: str) -> FileWrite | None:
-    """The lineage's renewal configuration with a renewal margin that fits its certificate's lifetime.
+    """The lineage's renewal configuration with a renewal margin that fits its certificate's lifetime
+    (and certbot's automatic renewal on).
 
     certbot 2.x renews at a fixed 30 days left, so a 6-day certificate would be renewed on every run; the
     margin written here (a third of the lifetime, half under 10 days) is what certbot >= 4.0 does by
@@ -179,6 +180,9 @@ def renewal_conf_write(site: str, cert_pem: str, conf: str) -> FileWrite | None:
     except ValueError:
         return None
     wanted = renewalconf.with_renew_before_expiry(conf, renew_before_expiry(info.lifetime))
+    # A site managed again after remove-site --keep-certificate: certbot renews its lineage again.
+    if not renewalconf.autorenew(wanted):
+        wanted = renewalconf.with_autorenew(wanted, True)
     if wanted == conf:
         return None
     return expect_as_read([FileWrite(renewal_conf(site), wanted, None)], {renewal_conf(site): conf})[0]

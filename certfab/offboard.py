@@ -10,6 +10,7 @@ import posixpath
 import re
 from dataclasses import dataclass, field, replace
 
+from certfab import renewalconf
 from certfab.certs import parse_pem
 from certfab.desired import current_files, updated_facts_files
 from certfab.errors import PreflightError
@@ -18,7 +19,14 @@ from certfab.nginx.edits import revert_https
 from certfab.nginx.lexer import Statement, parse_text, walk_statements
 from certfab.nginx.model import redirect_marker, resolve_path
 from certfab.origin import ORIGIN_DIR, invert, origin_path, parse_origin
-from certfab.paths import ACME_CA, ACME_INCLUDE, HSTS_INCLUDE, MANAGED_SITE_DIR, NGINX_CERTFAB_DIR
+from certfab.paths import (
+    ACME_CA,
+    ACME_INCLUDE,
+    HSTS_INCLUDE,
+    MANAGED_SITE_DIR,
+    NGINX_CERTFAB_DIR,
+    renewal_conf,
+)
 from certfab.shared import acme_include_path, copy_dir, is_site_acme_include
 from certfab.tls import managed_site_path, site_include_path
 from certfab.transaction import FileWrite, expect_as_read
@@ -132,10 +140,17 @@ def plan_removal(host: str, site: str, facts: HostFacts, *, keep_certificate: bo
     writes = expect_as_read([FileWrite(p, text or "", None, remove=text is None) for p, text in new.items()],
                             current)
     lineages = (site,) if site in facts.lineages and not keep_certificate else ()
-    if keep_certificate and site in facts.lineages and writes:
-        warnings.append(f"{host}: certificate {site} stays; certbot renew still tries to renew it, and its HTTP-01 "
-                        "validation fails once the site no longer serves /.well-known/acme-challenge/ "
-                        f"(run remove-site {site} again without --keep-certificate to delete it)")
+    if keep_certificate and site in facts.lineages:
+        # Kept, not renewed: with the site gone, a renewal would fail its validation or renew for nobody.
+        conf = facts.lineages[site].renewal_conf
+        if conf.strip() and renewalconf.autorenew(conf):
+            path = renewal_conf(site)
+            changes += (Change(path, conf, renewalconf.with_autorenew(conf, False)),)
+            writes += expect_as_read([FileWrite(path, renewalconf.with_autorenew(conf, False), None)], {path: conf})
+        if writes:
+            warnings.append(f"{host}: certificate {site} stays on the host and is no longer renewed (autorenew = "
+                            f"False in {renewal_conf(site)}); it expires on its own, or run remove-site {site} "
+                            "again without --keep-certificate to delete it")
     copies = (site,) if site in facts.shared_copies and not keep_certificate else ()
     if keep_certificate and site in facts.shared_copies:
         warnings.append(f"{host}: site {site}: certfab's copy of the shared certificate and its key stay in "

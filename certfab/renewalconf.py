@@ -57,3 +57,30 @@ def with_renew_before_expiry(text: str, value: str) -> str:
     if comment is not None:
         return text[: comment.end()] + "\n" + line + text[comment.end():]
     return line + "\n" + text
+
+
+_RENEWALPARAMS = re.compile(r"^\[renewalparams\][ \t]*$", re.MULTILINE)
+_AUTORENEW = re.compile(r"^autorenew\s*=.*(?:\n|$)", re.MULTILINE)
+
+
+def autorenew(text: str) -> bool:
+    """Whether certbot renews this lineage (`autorenew` in [renewalparams], true unless set otherwise)."""
+    value = renewal_params(text).get("autorenew", "true").strip().lower()
+    return value not in ("false", "no", "off", "0")
+
+
+def with_autorenew(text: str, enabled: bool) -> str:
+    """The configuration with certbot's automatic renewal on (the setting dropped: on is certbot's default)
+    or off (`autorenew = False` in [renewalparams]); every other byte kept."""
+    header = _RENEWALPARAMS.search(text)
+    if header is None:
+        return text if enabled else text.rstrip("\n") + "\n\n[renewalparams]\nautorenew = False\n"
+    body_start = text.find("\n", header.end())
+    body_start = len(text) if body_start < 0 else body_start + 1
+    following = _SECTION.search(text, body_start)
+    body_end = following.start() if following else len(text)
+    body = text[body_start:body_end]
+    body = _AUTORENEW.sub("", body)
+    if not enabled:
+        body = "autorenew = False\n" + body
+    return text[:body_start] + body + text[body_end:]

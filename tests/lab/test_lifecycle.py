@@ -196,6 +196,33 @@ def test_remove_site_gives_back_the_plain_site_and_revokes(lab: Lab, web19_heade
     assert labhelpers.snapshot(lab, WEB19, ("/etc/nginx", "/etc/letsencrypt") + CERTFAB_PATHS) == before
 
 
+def test_a_kept_certificate_stays_and_is_no_longer_renewed(lab: Lab, web19_headers_site: HeadersSite) -> None:
+    fab_ok(lab, "-H", WEB19, "bootstrap")
+    cert_path = lab.host_path(WEB19, "/etc/letsencrypt/live/web19/cert.pem")
+    conf_path = lab.host_path(WEB19, "/etc/letsencrypt/renewal/web19.conf")
+    cert = cert_path.read_bytes()
+    result = fab_ok(lab, "-H", WEB19, "remove-site", "web19", "--keep-certificate", "--force")
+    assert "no longer renewed" in result.stderr, result.stderr
+    assert cert_path.read_bytes() == cert
+    assert "\nautorenew = False\n" in conf_path.read_text()
+    assert lab.host_path(WEB19, SITE_FILE.format(host=WEB19)).read_bytes() == web19_headers_site.site_text.encode()
+    # Due by its own settings, and still not renewed: certbot honours autorenew = False.
+    conf_path.write_text(conf_path.read_text().replace("\nrenew_before_expiry = 30 days\n",
+                                                       "\nrenew_before_expiry = 100 days\n"))
+    issued = lab.pebble_issued_count()
+    renewed = fab(lab, "-H", WEB19, "renew-now")
+    assert renewed.returncode in (0, 1), renewed.stderr
+    assert lab.pebble_issued_count() == issued and cert_path.read_bytes() == cert
+    # A second removal changes nothing.
+    before = labhelpers.snapshot(lab, WEB19, ("/etc/nginx", "/etc/letsencrypt") + CERTFAB_PATHS)
+    again = fab_ok(lab, "-H", WEB19, "remove-site", "web19", "--keep-certificate", "--force")
+    assert "no change" in again.stdout, again.stdout
+    assert labhelpers.snapshot(lab, WEB19, ("/etc/nginx", "/etc/letsencrypt") + CERTFAB_PATHS) == before
+    # Managed again, the kept lineage is renewed again.
+    fab_ok(lab, "-H", WEB19, "bootstrap")
+    assert "autorenew" not in conf_path.read_text() and "renew_before_expiry = 30 days" in conf_path.read_text()
+
+
 def test_uninstall_restore_http_gives_back_every_site_and_leaves_nothing(
     lab: Lab, web19_headers_site: HeadersSite
 ) -> None:

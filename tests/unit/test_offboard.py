@@ -143,3 +143,18 @@ def test_a_shared_sites_challenge_location_goes_with_the_site() -> None:
     plan = plan_uninstall("web1", after, restore_http=False, keep_certificates=False)
     text = next(w.content for w in plan.writes if w.path == site_file(after).real_path)
     assert "/etc/nginx/certfab/" not in text and "acme-challenge" not in text
+
+
+def test_a_kept_certificate_is_no_longer_renewed() -> None:
+    _, after = bootstrapped()
+    conf = "version = 5.8.0\n[renewalparams]\nauthenticator = webroot\n"
+    with_conf = replace(after, lineages={"example": replace(after.lineages["example"], renewal_conf=conf)})
+    plan = plan_removal("web1", "example", with_conf, keep_certificate=True)
+    [write] = [w for w in plan.writes if w.path == "/etc/letsencrypt/renewal/example.conf"]
+    assert write.content == "version = 5.8.0\n[renewalparams]\nautorenew = False\nauthenticator = webroot\n"
+    assert plan.lineages == ()
+    assert any("no longer renewed" in w for w in plan.warnings)
+    # Once switched off, it is not written again.
+    done = replace(with_conf, lineages={"example": replace(with_conf.lineages["example"], renewal_conf=write.content)})
+    again = plan_removal("web1", "example", done, keep_certificate=True)
+    assert not [w for w in again.writes if w.path.startswith("/etc/letsencrypt/")]

@@ -100,3 +100,27 @@ def test_the_renewal_conf_write_expects_the_file_as_read_and_converges() -> None
     assert renewal_conf_write("web1", pem, write.content) is None
     assert renewal_conf_write("web1", pem, "") is None
     assert renewal_conf_write("web1", "garbage", CONF) is None
+
+
+def test_autorenew_is_switched_off_in_renewalparams_and_back_on_with_every_other_byte_kept() -> None:
+    assert renewalconf.autorenew(CONF)
+    off = renewalconf.with_autorenew(CONF, False)
+    assert not renewalconf.autorenew(off)
+    assert off == CONF.replace("[renewalparams]\n", "[renewalparams]\nautorenew = False\n", 1)
+    assert renewalconf.with_autorenew(off, False) == off
+    assert renewalconf.with_autorenew(off, True) == CONF
+    assert renewalconf.with_autorenew(CONF, True) == CONF
+    # A section after [renewalparams] is left alone, and a file without the section gets one.
+    tail = CONF + "[acme_renewal_info]\nautorenew = something else\n"
+    assert renewalconf.with_autorenew(tail, False).endswith("[acme_renewal_info]\nautorenew = something else\n")
+    assert renewalconf.with_autorenew("version = 2.1.0\n", False) == (
+        "version = 2.1.0\n\n[renewalparams]\nautorenew = False\n")
+
+
+def test_a_lineage_managed_again_is_renewed_again() -> None:
+    pem = make_certificate(["a.test"], not_after=NOW + timedelta(days=80), lifetime=timedelta(days=90))
+    kept = renewalconf.with_autorenew(renewalconf.with_renew_before_expiry(CONF, "30 days"), False)
+    write = renewal_conf_write("web1", pem, kept)
+    assert write is not None and renewalconf.autorenew(write.content)
+    assert "autorenew" not in write.content
+    assert renewal_conf_write("web1", pem, write.content) is None
