@@ -3,21 +3,18 @@ that has seen its certificates loads no X.509 support."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from certfactory import make_certificate
+from freshrun import outputs_of_runs
 
 from certfab import certcache, certs, x509info
 from certfab.certcache import parse_der, parse_pem
 from certfab.certs import PrivateKeyRefused
 
-REPO_DIR = Path(__file__).resolve().parents[2]
 NOT_AFTER = datetime(2027, 3, 1, 12, 0, tzinfo=timezone.utc)
 KEY_PEM = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n-----END PRIVATE KEY-----\n"
 
@@ -86,7 +83,4 @@ def test_a_run_that_has_seen_its_certificates_loads_no_x509_support(state: Path)
         "info = parse_pem(sys.stdin.read())\n"
         "print(info.names[0], 'cryptography.x509' in sys.modules)\n"
     )
-    env = {**os.environ, "CERTFAB_STATE_DIR": str(state)}
-    runs = [subprocess.run([sys.executable, "-c", code], cwd=REPO_DIR, env=env, input=pem, capture_output=True,
-                           text=True, check=True).stdout.strip() for _ in range(2)]
-    assert runs == ["e.example True", "e.example False"]
+    assert outputs_of_runs(code, state, stdin=pem) == ["e.example True", "e.example False"]

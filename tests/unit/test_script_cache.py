@@ -4,19 +4,17 @@ foreign one, and a run that finds them loads no Jinja."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from freshrun import outputs_of_runs
 
 from certfab import opstate, remote_scripts
 from certfab.facts import REPORT_SCRIPT, report_context
 from certfab.remote_scripts import CACHED_SCRIPTS, render_script
 from certfab.templating import UnsafeValueError, trusted
 
-REPO_DIR = Path(__file__).resolve().parents[2]
 NONCE = "0123456789abcdef"
 
 
@@ -125,7 +123,4 @@ def test_a_run_that_finds_its_scripts_loads_no_jinja(state: Path) -> None:
         "render_script(REPORT_SCRIPT, nonce='0123456789abcdef', **report_context())\n"
         "print('jinja2' in sys.modules)\n"
     )
-    env = {**os.environ, "CERTFAB_STATE_DIR": str(state)}
-    runs = [subprocess.run([sys.executable, "-c", code], cwd=REPO_DIR, env=env, capture_output=True, text=True,
-                           check=True).stdout.strip() for _ in range(2)]
-    assert runs == ["True", "False"]
+    assert outputs_of_runs(code, state) == ["True", "False"]
