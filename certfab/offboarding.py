@@ -16,7 +16,7 @@ from certfab.issue import EXIT_CERTBOT_FAILED, container_command
 from certfab.offboard import Offboarding, OffboardResult, plan_removal, plan_uninstall
 from certfab.paths import ACME_CA, DNS_CREDENTIALS_DIR, HOST_CONFIG_DIR, NGINX_CERTFAB_DIR
 from certfab.shared import copy_dir
-from certfab.tlsprobe import probe_redirect, verify_https
+from certfab.tlsprobe import probe_name, probe_redirect, verify_https
 from certfab.transaction import EXITS, lock_context
 
 REMOVE_SCRIPT = "certbot-remove.sh.j2"
@@ -51,7 +51,8 @@ def _still_redirecting(run: HostRun, domains: tuple[str, ...]) -> list[str]:
     while True:
         bad = []
         for domain in domains:
-            got = probe_redirect(run.host.address, domain, run.inventory.ssh.connect_timeout)
+            # A wildcard is asked for through a name under it.
+            got = probe_redirect(run.host.address, probe_name(domain), run.inventory.ssh.connect_timeout)
             if got.status in (301, 302, 307, 308) and (got.location or "").startswith("https://"):
                 bad.append(domain)
         if not bad or time.monotonic() >= deadline:
@@ -65,10 +66,11 @@ def _not_served(run: HostRun, domains: tuple[str, ...]) -> list[str]:
     while True:
         bad = []
         for domain in domains:
-            got = verify_https(run.host.address, domain, run.inventory.acme.trust_roots,
+            name = probe_name(domain)
+            got = verify_https(run.host.address, name, run.inventory.acme.trust_roots,
                                run.inventory.ssh.connect_timeout)
             if not got.ok:
-                bad.append(f"https://{domain}/: {got.error}")
+                bad.append(f"https://{name}/: {got.error}")
         if not bad or time.monotonic() >= deadline:
             return bad
         time.sleep(0.5)

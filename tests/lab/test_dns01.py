@@ -221,6 +221,25 @@ def test_the_cron_script_renews_the_wildcard_through_dns(lab: Lab, internal: Pat
     assert mails, "no renewal mail"
 
 
+def test_uninstall_keeps_the_internal_site_on_https_and_takes_the_credentials(lab: Lab, internal: Path) -> None:
+    serial = served(lab, UNDER_WILDCARD)[2].serial_number
+    result = fab(lab, internal, "-H", HOST, "uninstall")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "nothing renews" in result.stderr and f"{MANAGED} (a site certfab wrote) is now" in result.stderr
+    # The site certfab wrote stays served under a name of its own, wildcard and all, certfab's files gone.
+    status, body, leaf = served(lab, UNDER_WILDCARD)
+    assert status == 200 and f"Hello from {HOST}".encode() in body and leaf.serial_number == serial
+    assert served(lab, f"{HOST}.test")[0] == 200
+    assert not lab.host_path(HOST, CREDENTIALS).exists() and not lab.host_path(HOST, MANAGED).exists()
+    assert lab.host_path(HOST, f"/etc/nginx/conf.d/{SITE}.conf").is_file()
+    assert sh(lab, "grep -rl 'certfab/' /etc/nginx || true").strip() == ""
+    assert sh(lab, "nginx -t 2>&1").strip().splitlines()[-1].endswith("test is successful")
+    before = snapshot(lab, HOST, ("/etc/nginx", "/etc/letsencrypt", "/etc/certfab"))
+    again = fab(lab, internal, "-H", HOST, "uninstall")
+    assert again.returncode == 0 and "no change" in again.stdout, again.stdout + again.stderr
+    assert snapshot(lab, HOST, ("/etc/nginx", "/etc/letsencrypt", "/etc/certfab")) == before
+
+
 def test_no_output_or_run_log_holds_the_credentials(lab: Lab, internal: Path) -> None:
     secret = secret_of(lab)
     logs = [p for p in (REPO_DIR / "reports").glob("*.json") if p.stat().st_mtime >= STARTED[0] - 1]
