@@ -11,10 +11,14 @@ import threading
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from certfab.errors import CertfabError
 from certfab.opstate import state_dir
-from certfab.ratelimit import Event, Limits, Order, name_set, refusal, registered_domains
+from certfab.ratelimit import Event, Limits, Order, host_renewal, name_set, refusal, registered_domains
+
+if TYPE_CHECKING:
+    from certfab.report import CertRecord
 
 FILE_NAME = "history.sqlite"
 _SCHEMA = """
@@ -64,13 +68,32 @@ class History:
     def record(self, event: Event) -> None:
         """Add one event (nothing, read-only)."""
         with self._lock:
+            if self._db is not None and not self.read_only:
+                self._insert(self._db, event)
+
+    @staticmethod
+    def _insert(db: sqlite3.Connection, event: Event) -> None:
+        db.execute(
+            "INSERT INTO events (time, kind, host, site, names, renewal, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (event.time.timestamp(), event.kind, event.host, event.site, " ".join(event.names),
+             int(event.renewal), event.detail),
+        )
+
+    def record_new(self, events: Sequence[Event]) -> int:
+        """Add the events not recorded yet (same kind, host, site and time); how many were added."""
+        added = 0
+        with self._lock:
             if self._db is None or self.read_only:
-                return
-            self._db.execute(
-                "INSERT INTO events (time, kind, host, site, names, renewal, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (event.time.timestamp(), event.kind, event.host, event.site, " ".join(event.names),
-                 int(event.renewal), event.detail),
-            )
+                return 0
+            for event in events:
+                known = self._db.execute(
+                    "SELECT 1 FROM events WHERE kind = ? AND host = ? AND site = ? AND time = ?",
+                    (event.kind, event.host, event.site, event.time.timestamp()),
+                ).fetchone()
+                if known is None:
+                    self._insert(self._db, event)
+                    added += 1
+        return added
 
     def events(self, since: datetime) -> list[Event]:
         """Every event from `since` on, oldest first."""
@@ -167,3 +190,22 @@ def history_lines(events: Sequence[Event]) -> list[str]:
         lines.append(f"{event.time:%Y-%m-%d %H:%M:%S} {event.kind:<17} {event.host} {event.site} "
                      f"{','.join(event.names)}{renewal}{detail}")
     return lines
+
+
+def record_host_renewals(records: Sequence[CertRecord], now: datetime | None = None) -> int:
+    """Put the renewals the hosts' cron jobs made lately (as the expiry report read them) into the history.
+
+    The history is opened only when there is something to record; an event already there is not added
+    again. How many were added.
+    """
+    now = now or datetime.now(timezone.utc)
+    events = []
+    for record in records:
+        status = record.renewal_status
+        if record.disk is None or status is None or record.copy:
+            continue
+        event = host_renewal(record.host, record.site, record.disk.names, record.disk.not_before,
+                             status_result=status.result, status_time=status.time, renewed=status.renewed, now=now)
+        if event is not None:
+            events.append(event)
+    return History().record_new(events) if events else 0

@@ -141,3 +141,29 @@ def consecutive_failures(name: str, history: Sequence[Event]) -> list[datetime]:
         elif event.kind == "failed-validation":
             failures.append(event.time)
     return failures
+
+
+# How far a renewed certificate's notBefore may be from the time the host's renewal run says it ran.
+RENEWAL_CLOCK_SLACK = timedelta(days=1)
+# Renewals older than this decide nothing (the longest window is 7 days).
+RENEWAL_LOOKBACK = timedelta(days=8)
+
+
+def host_renewal(host: str, site: str, names: Iterable[str], not_before: datetime, *, status_result: str,
+                 status_time: str | None, renewed: Sequence[str], now: datetime) -> Event | None:
+    """A renewal the host's cron job made, as an `issued` event of the history, or None.
+
+    Host data decides nothing alone: the status file must say its last run renewed this lineage, and the
+    certificate on disk must have been issued within a day of that run. The event's time is the
+    certificate's own notBefore, so reading the same host twice yields the same event.
+    """
+    if status_result != "renewed" or site not in renewed or not status_time:
+        return None
+    try:
+        ran = datetime.fromisoformat(status_time.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if ran.tzinfo is None or abs(not_before - ran) > RENEWAL_CLOCK_SLACK or not_before < now - RENEWAL_LOOKBACK:
+        return None
+    return Event(not_before, "issued", host, site, name_set(names), renewal=True,
+                 detail="renewed by the host's cron job")

@@ -301,6 +301,7 @@ def report_expiry(c: Context, inventory: str | None = None, limit: str | None = 
     from certfab.expiry import unreachable_records
     from certfab.fleet import run_fleet
     from certfab.gather import host_records
+    from certfab.history import record_host_renewals
     from certfab.report import (
         Thresholds,
         build_report,
@@ -335,6 +336,7 @@ def report_expiry(c: Context, inventory: str | None = None, limit: str | None = 
     issuers = {name: site.issuer.name for name, site in shared_sites(inv).items()}
     records = link_shared(unreachable_records(outcomes, {h.name: h for h in hosts}), issuers)
     report = build_report(records, thresholds=thresholds)
+    record_host_renewals(records)
     saved = save_report(report)
     if output_format in ("json", "csv"):
         # Raw text: a console would fold long lines and replace :emoji: codes, breaking the format.

@@ -221,6 +221,22 @@ def test_the_cron_script_renews_the_wildcard_through_dns(lab: Lab, internal: Pat
     assert mails, "no renewal mail"
 
 
+def test_the_report_puts_the_hosts_renewal_into_the_order_history(lab: Lab, internal: Path, tmp_path: Path) -> None:
+    env = {"CERTFAB_STATE_DIR": str(tmp_path / "state")}
+    for _ in range(2):  # read twice, recorded once
+        report = certfab_cli(lab, "fab", "report-expiry", "--limit", HOST, "--format", "json", inventory=internal,
+                             env=env)
+        assert report.returncode in (0, 1), report.stdout + report.stderr
+        OUTPUTS.append(report.stdout + report.stderr)
+    listed = certfab_cli(lab, "fab", "history", "--json", inventory=internal, env=env)
+    assert listed.returncode == 0, listed.stderr
+    events = [(e["kind"], e["host"], e["site"], e["renewal"], e["detail"]) for e in json.loads(listed.stdout)["events"]]
+    assert events == [("issued", HOST, SITE, True, "renewed by the host's cron job")], events
+    leaf = served(lab, UNDER_WILDCARD)[2]
+    [event] = json.loads(listed.stdout)["events"]
+    assert event["time"] == f"{leaf.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ}"
+
+
 def test_uninstall_keeps_the_internal_site_on_https_and_takes_the_credentials(lab: Lab, internal: Path) -> None:
     serial = served(lab, UNDER_WILDCARD)[2].serial_number
     result = fab(lab, internal, "-H", HOST, "uninstall")

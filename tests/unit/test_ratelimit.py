@@ -7,16 +7,20 @@ from pathlib import Path
 
 import pytest
 
-from certfab.history import History, RateGuard
+from certfab.certs import CertInfo
+from certfab.history import History, RateGuard, record_host_renewals
 from certfab.ratelimit import (
     Event,
     Limits,
     Order,
     backoff_until,
+    host_renewal,
     refusal,
     registered_domain,
     registered_domains,
 )
+from certfab.renewal_status import RenewalStatus
+from certfab.report import CertRecord
 
 NOW = datetime(2026, 12, 4, 12, tzinfo=timezone.utc)
 LIMITS = Limits(per_registered_domain=2, per_name_set=5)
@@ -117,3 +121,59 @@ def test_failed_names_are_read_from_old_and_new_certbot_output() -> None:
         assert failed_domains(output) == ("www.web11.test", "web11.test")
         assert certbot_failure("web11", output) == ("web11: the CA could not validate www.web11.test (connection): "
                                                     "refused; web11.test (unauthorized): 404")
+
+
+# --------------------------------------------------------------------------- renewals made by the hosts
+
+
+def cron_record(host: str, site: str, not_before: datetime, *, result: str = "renewed",
+                ran: str | None = "2026-12-03T03:17:00Z", renewed: tuple[str, ...] = ("shop",)) -> CertRecord:
+    info = CertInfo(names=("www.shop.test", "shop.test"), issuer="CA", serial="1", not_before=not_before,
+                    not_after=not_before + timedelta(days=90), key_type="ECDSA P-256", sha256="0" * 64,
+                    lifetime=timedelta(days=90))
+    status = RenewalStatus(result=result, time=ran, renewed=renewed)
+    return CertRecord(host, site, info.names, info, {}, status)
+
+
+RAN = datetime(2026, 12, 3, 3, 17, tzinfo=timezone.utc)
+
+
+@pytest.mark.parametrize(("record", "expected"), [
+    (cron_record("web1", "shop", RAN - timedelta(minutes=1)), True),
+    (cron_record("web1", "shop", RAN - timedelta(minutes=1), result="nothing-due"), False),
+    (cron_record("web1", "shop", RAN - timedelta(minutes=1), renewed=("other",)), False),
+    (cron_record("web1", "shop", RAN - timedelta(days=3)), False),  # an older certificate: not this run's
+    (cron_record("web1", "shop", RAN - timedelta(minutes=1), ran="yesterday"), False),
+    (cron_record("web1", "shop", RAN - timedelta(minutes=1), ran=None), False),
+    (cron_record("web1", "shop", NOW - timedelta(days=9), ran="2026-11-25T12:00:00Z"), False),  # decides nothing
+])
+def test_a_host_renewal_needs_its_status_and_its_certificate_to_agree(record: CertRecord, expected: bool) -> None:
+    assert record.disk is not None and record.renewal_status is not None
+    status = record.renewal_status
+    event = host_renewal(record.host, record.site, record.disk.names, record.disk.not_before,
+                         status_result=status.result, status_time=status.time, renewed=status.renewed, now=NOW)
+    assert (event is not None) == expected
+    if event is not None:
+        assert event == Event(record.disk.not_before, "issued", "web1", "shop", ("shop.test", "www.shop.test"),
+                              renewal=True, detail="renewed by the host's cron job")
+
+
+def test_host_renewals_are_recorded_once_and_count_for_the_name_set(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CERTFAB_STATE_DIR", str(tmp_path / "state"))
+    records = [cron_record("web1", "shop", RAN - timedelta(minutes=1)),
+               cron_record("web2", "shop", RAN, result="nothing-due")]
+    assert record_host_renewals(records, NOW) == 1
+    assert record_host_renewals(records, NOW) == 0  # read again: the same event, not added twice
+    history = History()
+    [event] = history.events(NOW - timedelta(days=8))
+    assert (event.kind, event.host, event.renewal) == ("issued", "web1", True)
+    order = Order("web1", "shop", ("shop.test", "www.shop.test"), renewal=True)
+    assert refusal(order, history.events(NOW - timedelta(days=8)), [], Limits(per_name_set=1), NOW,
+                   force=False) is not None
+
+
+def test_nothing_to_record_opens_no_history(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CERTFAB_STATE_DIR", str(tmp_path / "state"))
+    assert record_host_renewals([cron_record("web1", "shop", RAN, result="nothing-due")], NOW) == 0
+    assert not (tmp_path / "state" / "history.sqlite").exists()
