@@ -371,6 +371,8 @@ def desired_state(
     acme_includes = {site.name: ACME_INCLUDE if site_roles[site.name] == "alone" else acme_include_path(site.name)
                      for site in host.sites}
     for site in host.sites:
+        if site.dns01:
+            continue  # validated through DNS: no challenge location of its own, on any backend
         if site_roles[site.name] == "issuer":
             put(acme_includes[site.name], tls.render_acme_include(host.webroot))
         elif site_roles[site.name] == "peer":
@@ -379,7 +381,8 @@ def desired_state(
     if acme_ca_pem is not None:
         put(ACME_CA, acme_ca_pem)
     credentials = None
-    if host.dns01 is not None:
+    # Only a host that orders a DNS-01 certificate holds the DNS credentials: peers of a shared site get copies.
+    if host.dns01 is not None and any(site.dns01 and site_roles[site.name] != "peer" for site in host.sites):
         credentials = dns_credentials_path(host.dns01.plugin)
         put(credentials, host.dns01.credentials.text, "0600", secret=True)
     put(RENEW_SCRIPT, renewal.render_renew_script(), "0700")

@@ -303,3 +303,30 @@ def test_a_backend_that_cannot_answer_the_challenge_stops_the_order(lab: Lab, ba
     address = lab.info.host(PEERS[1]).address
     assert "self-test failed" in error and f"blog.shared.test on backend {PEERS[1]} ({address})" in error, error
     assert orders(lab) == before
+
+
+def test_a_shared_wildcard_through_dns01_is_issued_once_and_only_its_issuer_holds_the_credentials(
+        lab: Lab, backends: tuple[str, ...], tmp_path: Path) -> None:
+    pair = (ISSUER, PEERS[1])
+    for host in pair:
+        lab.reset_host(host)
+    pool = {"name": "pool", "domains": ["*.pool.shared.test", "pool.shared.test"], "challenge": "dns-01",
+            "root": "/var/www/pool"}
+    path = write_inventory(lab, tmp_path, pair, {h: [pool] for h in pair})
+    before = orders(lab)
+    result = cli(lab, path, "deploy-all", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = {row["host"]: row for row in json.loads(result.stdout)}
+    assert rows[ISSUER]["certificates"] == {"pool": "issued"} and rows[PEERS[1]]["certificates"] == {"pool": "kept"}
+    assert orders(lab) == before + 1
+    leaves = {(host, name): served(lab, host, name).serial_number
+              for host in pair for name in ("anything.pool.shared.test", "pool.shared.test")}
+    assert len(set(leaves.values())) == 1, leaves
+    credentials = "/etc/certfab/dns/rfc2136.ini"
+    assert lab.host_exec(ISSUER, f"stat -c '%U %a' {credentials}").stdout.split() == ["root", "600"]
+    assert not lab.host_path(PEERS[1], credentials).exists()
+    for host in pair:  # validated through DNS: no challenge location for the site on any backend
+        assert not lab.host_path(host, "/etc/nginx/certfab/acme-challenge-pool.conf").exists()
+    again = cli(lab, path, "deploy-all", "--json")
+    assert again.returncode == 0 and all(row["status"] == "ok" for row in json.loads(again.stdout)), again.stdout
+    assert orders(lab) == before + 1

@@ -103,3 +103,23 @@ def test_a_site_moved_to_dns01_is_ordered_again_so_renewals_use_dns(tmp_path: Pa
     dns = Lineage("internal", pem, "[renewalparams]\nauthenticator = dns-rfc2136\n")
     assert decide_certificate(site, facts({"internal": webroot}), NOW).cause == "challenge-changed"
     assert decide_certificate(site, facts({"internal": dns}), NOW).action == "keep"
+
+
+def test_a_shared_dns01_site_puts_credentials_on_its_issuer_only_and_no_challenge_location_anywhere(
+        tmp_path: Path) -> None:
+    (tmp_path / "rfc2136.ini").write_text(SECRET)
+    inv = parse_inventory({
+        "acme": {"email": "admin@example.com", "server": "staging"},
+        "defaults": {"renewal": {"admin_email": "ops@example.com"},
+                     "dns01": {"plugin": "rfc2136", "credentials": "rfc2136.ini", "propagation_seconds": 5}},
+        "hosts": {"web1": {"address": "192.0.2.10", "sites": [INTERNAL]},
+                  "web2": {"address": "192.0.2.11", "sites": [INTERNAL]}},
+    }, tmp_path / "inventory.yaml")
+    written = {}
+    for host in inv.hosts:
+        desired = desired_state(host, inv, facts(), https_sites=frozenset(), acme_ca_pem=None)
+        written[host.name] = {w.path: w for w in desired.writes}
+    assert CREDS in written["web1"] and f"DNS_CREDENTIALS={CREDS}" in written["web1"][RENEW_ENV].content
+    assert CREDS not in written["web2"] and "DNS_CREDENTIALS=''\n" in written["web2"][RENEW_ENV].content
+    for paths in written.values():
+        assert not [p for p in paths if p.endswith("acme-challenge-internal.conf")], sorted(paths)
