@@ -189,3 +189,29 @@ def test_no_crontab_spool_file_in_a_spool_directory_means_no_crontab(host_root: 
     reply = run_local(REPORT_SCRIPT, root=str(host_root), **report_context())
     assert reply.ok and not reply.has("crontab")
     assert parse_facts("web1", reply).crontab == ""
+
+
+def run_script(script: str) -> tuple[Frame, ...]:
+    done = subprocess.run(["/bin/sh", "-s"], input=script.encode("utf-8", "surrogateescape"), capture_output=True,
+                          check=True)
+    return parse_frames(done.stdout, NONCE)
+
+
+def test_a_failed_grep_trusts_no_count_and_an_unreadable_file_is_refused(host_root: Path) -> None:
+    script = render_script(REPORT_SCRIPT, nonce=NONCE, root=str(host_root), **report_context())
+    batch = "certfab_counts=$(grep -c -s -h -e 'PRIVATE KEY' -- \"$@\")"
+    single = "grep -q -e 'PRIVATE KEY' -- \"$certfab_f\" 2>/dev/null"
+    assert script.count(batch) == 1 and script.count(single) == 1
+    # The one grep reports an error (exit 2) after printing a count of 0 for every file.
+    failed = script.replace(batch, "certfab_counts=$(for f; do echo 0; done; exit 2)")
+    frames = run_script(failed)
+    assert [(f.arg, f.text) for f in frames if f.name == "cert-refused"] == [
+        ("leaky", "cert.pem holds a private key")]
+    assert all(b"PRIVATE KEY" not in f.body for f in frames)
+    # A file that its own grep cannot read (exit 2) is refused, not sent.
+    unreadable = failed.replace(single, 'case $certfab_f in */ok/*) (exit 2) ;; *) ' + single + ' ;; esac')
+    frames = run_script(unreadable)
+    refused = sorted((f.arg, f.text) for f in frames if f.name == "cert-refused")
+    assert refused == [("leaky", "cert.pem holds a private key"),
+                       ("ok", "cert.pem could not be read to check it for a private key")]
+    assert not [f for f in frames if f.name in ("cert", "renewal-conf") and f.arg == "ok"]
