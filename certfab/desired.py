@@ -18,6 +18,7 @@ from certfab.paths import (
     ACME_CA,
     ACME_INCLUDE,
     CRON_FILE,
+    DNS_CREDENTIALS_DIR,
     HSTS_INCLUDE,
     MANAGED_SITE_DIR,
     RENEW_ENV,
@@ -385,6 +386,8 @@ def desired_state(
     if host.dns01 is not None and any(site.dns01 and site_roles[site.name] != "peer" for site in host.sites):
         credentials = dns_credentials_path(host.dns01.plugin)
         put(credentials, host.dns01.credentials.text, "0600", secret=True)
+    for path in unneeded_credentials(facts, keep=credentials):
+        writes[path] = FileWrite(path, "", None, remove=True, secret=True)
     put(RENEW_SCRIPT, renewal.render_renew_script(), "0700")
     schedule = renewal_schedule(host, facts)
     put(RENEW_ENV, renewal.render_renew_env(host, host.certbot, schedule, host.webroot,
@@ -537,12 +540,25 @@ def _redirect_source_names(
     return max(sources, key=lambda b: b.line).server_names if sources else None
 
 
+def unneeded_credentials(facts: HostFacts, *, keep: str | None) -> list[str]:
+    """DNS plugin credentials on the host that nothing uses any more: no DNS-01 site of this host orders
+    with them, and no certbot lineage on the host names them in its renewal configuration."""
+    return sorted(
+        path for path in facts.secret_files
+        if path.startswith(DNS_CREDENTIALS_DIR + "/") and path != keep
+        and not any(path in lineage.renewal_conf for lineage in facts.lineages.values())
+    )
+
+
 def changed_writes(desired: Desired, facts: HostFacts) -> list[FileWrite]:
-    """Only the files whose content differs from what is on the host (secrets: by sha256)."""
+    """Only the files whose content differs from what is on the host (secrets: by sha256), and the
+    removals of files that are there."""
     current = current_files(facts)
     return [
         w for w in desired.writes
-        if (facts.secret_files.get(w.path) != text_sha256(w.content) if w.secret else current.get(w.path) != w.content)
+        if ((w.path in facts.secret_files or w.path in current) if w.remove
+            else facts.secret_files.get(w.path) != text_sha256(w.content) if w.secret
+            else current.get(w.path) != w.content)
     ]
 
 
@@ -565,7 +581,10 @@ def updated_facts_files(facts: HostFacts, writes: list[FileWrite]) -> HostFacts:
     owned = dict(facts.owned_files)
     secrets = dict(facts.secret_files)
     for w in writes:
-        if w.secret:
+        if w.remove:
+            secrets.pop(w.path, None)
+            owned.pop(w.path, None)
+        elif w.secret:
             secrets[w.path] = text_sha256(w.content)
         elif w.path not in {f.real_path for f in facts.nginx.files.values()}:
             owned[w.path] = w.content

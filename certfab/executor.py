@@ -49,7 +49,7 @@ def new_run_id() -> str:
 
 
 def _describe(writes: list[FileWrite], before: dict[str, str]) -> list[str]:
-    return [f"{'updated' if w.path in before else 'created'} {w.path}" for w in writes]
+    return [f"{'removed' if w.remove else 'updated' if w.path in before else 'created'} {w.path}" for w in writes]
 
 
 class HostRun:

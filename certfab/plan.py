@@ -37,7 +37,7 @@ from certfab.tls import managed_site_path, site_include_path
 from certfab.transaction import FileWrite, expect_as_read
 
 Stage = Literal["plumbing", "https"]
-FileKind = Literal["create", "update"]
+FileKind = Literal["create", "update", "remove"]
 
 
 @dataclass(frozen=True)
@@ -51,24 +51,28 @@ class FileChange:
     stage: Stage
     # A secret (DNS plugin credentials): before and after hold no content, and the diff says so.
     secret: bool = False
+    # The file goes (after is empty).
+    removed: bool = False
 
     @property
     def kind(self) -> FileKind:
-        return "create" if self.before is None else "update"
+        return "remove" if self.removed else "create" if self.before is None else "update"
 
     @property
     def diff(self) -> str:
         """A unified diff from the host's file to the planned one (raw: tabs and long lines kept)."""
         if self.secret:
-            verb = "created" if self.before is None else "replaced"
-            return f"certfab: {self.path}: secret, {verb} (root, 0600); its content is never shown\n"
+            verb = "removed" if self.removed else "created" if self.before is None else "replaced"
+            where = "" if self.removed else " (root, 0600)"
+            return f"certfab: {self.path}: secret, {verb}{where}; its content is never shown\n"
         return "".join(difflib.unified_diff(
             (self.before or "").splitlines(keepends=True), self.after.splitlines(keepends=True),
-            fromfile=self.path if self.before is not None else "/dev/null", tofile=self.path,
+            fromfile=self.path if self.before is not None else "/dev/null",
+            tofile="/dev/null" if self.removed else self.path,
         ))
 
     def describe(self) -> str:
-        return f"{'created' if self.before is None else 'updated'} {self.path}"
+        return f"{'removed' if self.removed else 'created' if self.before is None else 'updated'} {self.path}"
 
 
 @dataclass(frozen=True)
@@ -253,8 +257,11 @@ def make_plan(host: Host, inventory: Inventory, facts: HostFacts, *, now: dateti
             first = changes.get(write.path)
             if write.secret:
                 existed = "" if write.path in facts.secret_files else None
-                changes[write.path] = FileChange(write.path, existed, "", purpose(write.path, host, nginx_files),
-                                                 first.stage if first is not None else stage, secret=True)
+                why = ("DNS plugin credentials nothing here uses any more" if write.remove
+                       else purpose(write.path, host, nginx_files))
+                changes[write.path] = FileChange(write.path, existed, "", why,
+                                                 first.stage if first is not None else stage, secret=True,
+                                                 removed=write.remove)
                 continue
             changes[write.path] = FileChange(
                 write.path, before.get(write.path), write.content, purpose(write.path, host, nginx_files),

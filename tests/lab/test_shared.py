@@ -327,6 +327,17 @@ def test_a_shared_wildcard_through_dns01_is_issued_once_and_only_its_issuer_hold
     assert not lab.host_path(PEERS[1], credentials).exists()
     for host in pair:  # validated through DNS: no challenge location for the site on any backend
         assert not lab.host_path(host, "/etc/nginx/certfab/acme-challenge-pool.conf").exists()
+    # Credentials a peer holds (put there by hand, or by an older certfab) go: nothing there uses them.
+    planted = lab.host_path(PEERS[1], credentials)
+    planted.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    planted.write_bytes(lab.host_path(ISSUER, credentials).read_bytes())
+    planted.chmod(0o600)
+    cleaned = cli(lab, path, "deploy-all", "--json")
+    assert cleaned.returncode == 0, cleaned.stdout + cleaned.stderr
+    rows = {row["host"]: row for row in json.loads(cleaned.stdout)}
+    assert rows[PEERS[1]]["changes"] == [f"removed {credentials}"], rows[PEERS[1]]
+    assert rows[ISSUER]["status"] == "ok" and not rows[ISSUER]["changes"], rows[ISSUER]
+    assert not planted.exists() and lab.host_path(ISSUER, credentials).is_file()
     again = cli(lab, path, "deploy-all", "--json")
     assert again.returncode == 0 and all(row["status"] == "ok" for row in json.loads(again.stdout)), again.stdout
     assert orders(lab) == before + 1

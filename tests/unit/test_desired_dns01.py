@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -123,3 +124,34 @@ def test_a_shared_dns01_site_puts_credentials_on_its_issuer_only_and_no_challeng
     assert CREDS not in written["web2"] and "DNS_CREDENTIALS=''\n" in written["web2"][RENEW_ENV].content
     for paths in written.values():
         assert not [p for p in paths if p.endswith("acme-challenge-internal.conf")], sorted(paths)
+
+
+def test_credentials_nothing_uses_any_more_are_removed_unless_a_lineage_still_renews_with_them(
+        tmp_path: Path) -> None:
+    (tmp_path / "rfc2136.ini").write_text(SECRET)
+    inv = parse_inventory({
+        "acme": {"email": "admin@example.com", "server": "staging"},
+        "defaults": {"renewal": {"admin_email": "ops@example.com"},
+                     "dns01": {"plugin": "rfc2136", "credentials": "rfc2136.ini", "propagation_seconds": 5}},
+        "hosts": {"web1": {"address": "192.0.2.10", "sites": [INTERNAL]},
+                  "web2": {"address": "192.0.2.11", "sites": [INTERNAL]}},
+    }, tmp_path / "inventory.yaml")
+    peer = inv.host("web2")
+    holding = replace(facts(), secret_files={CREDS: text_sha256(SECRET)})
+    desired = desired_state(peer, inv, holding, https_sites=frozenset(), acme_ca_pem=None)
+    [removal] = [w for w in changed_writes(desired, holding) if w.path == CREDS]
+    assert removal.remove and removal.secret
+    after = updated_facts_files(holding, [removal])
+    assert CREDS not in after.secret_files
+    assert CREDS not in {w.path for w in changed_writes(desired_state(peer, inv, after, https_sites=frozenset(),
+                                                                      acme_ca_pem=None), after)}
+    # The plan says it, without a byte of the file.
+    plan = make_plan(peer, inv, holding, now=NOW, acme_ca_pem=None)
+    [change] = [f for f in plan.files if f.path == CREDS]
+    assert change.kind == "remove" and change.describe() == f"removed {CREDS}"
+    assert change.diff == f"certfab: {CREDS}: secret, removed; its content is never shown\n"
+    # A lineage on the host still renews with them (its renewal configuration names them): they stay.
+    conf = f"[renewalparams]\nauthenticator = dns-rfc2136\ndns_rfc2136_credentials = {CREDS}\n"
+    renewing = replace(holding, lineages={"old": Lineage("old", "", conf)})
+    assert CREDS not in {w.path for w in desired_state(peer, inv, renewing, https_sites=frozenset(),
+                                                       acme_ca_pem=None).writes}
