@@ -106,16 +106,21 @@ def test_a_site_moved_to_dns01_is_ordered_again_so_renewals_use_dns(tmp_path: Pa
     assert decide_certificate(site, facts({"internal": dns}), NOW).action == "keep"
 
 
-def test_a_shared_dns01_site_puts_credentials_on_its_issuer_only_and_no_challenge_location_anywhere(
-        tmp_path: Path) -> None:
+def shared_inventory(tmp_path: Path) -> Inventory:
+    """web1 and web2 both declaring the internal DNS-01 site: web1 issues it, web2 is a peer."""
     (tmp_path / "rfc2136.ini").write_text(SECRET)
-    inv = parse_inventory({
+    return parse_inventory({
         "acme": {"email": "admin@example.com", "server": "staging"},
         "defaults": {"renewal": {"admin_email": "ops@example.com"},
                      "dns01": {"plugin": "rfc2136", "credentials": "rfc2136.ini", "propagation_seconds": 5}},
         "hosts": {"web1": {"address": "192.0.2.10", "sites": [INTERNAL]},
                   "web2": {"address": "192.0.2.11", "sites": [INTERNAL]}},
     }, tmp_path / "inventory.yaml")
+
+
+def test_a_shared_dns01_site_puts_credentials_on_its_issuer_only_and_no_challenge_location_anywhere(
+        tmp_path: Path) -> None:
+    inv = shared_inventory(tmp_path)
     written = {}
     for host in inv.hosts:
         desired = desired_state(host, inv, facts(), https_sites=frozenset(), acme_ca_pem=None)
@@ -128,14 +133,7 @@ def test_a_shared_dns01_site_puts_credentials_on_its_issuer_only_and_no_challeng
 
 def test_credentials_nothing_uses_any_more_are_removed_unless_a_lineage_still_renews_with_them(
         tmp_path: Path) -> None:
-    (tmp_path / "rfc2136.ini").write_text(SECRET)
-    inv = parse_inventory({
-        "acme": {"email": "admin@example.com", "server": "staging"},
-        "defaults": {"renewal": {"admin_email": "ops@example.com"},
-                     "dns01": {"plugin": "rfc2136", "credentials": "rfc2136.ini", "propagation_seconds": 5}},
-        "hosts": {"web1": {"address": "192.0.2.10", "sites": [INTERNAL]},
-                  "web2": {"address": "192.0.2.11", "sites": [INTERNAL]}},
-    }, tmp_path / "inventory.yaml")
+    inv = shared_inventory(tmp_path)
     peer = inv.host("web2")
     holding = replace(facts(), secret_files={CREDS: text_sha256(SECRET)})
     desired = desired_state(peer, inv, holding, https_sites=frozenset(), acme_ca_pem=None)
