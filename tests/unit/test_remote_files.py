@@ -9,6 +9,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from certfab.facts import REPORT_SCRIPT, parse_facts, report_context
 from certfab.protocol import Frame, ProtocolError, encode_frame, parse_frames, routed_frame
@@ -215,3 +217,18 @@ def test_a_failed_grep_trusts_no_count_and_an_unreadable_file_is_refused(host_ro
     assert refused == [("leaky", "cert.pem holds a private key"),
                        ("ok", "cert.pem could not be read to check it for a private key")]
     assert not [f for f in frames if f.name in ("cert", "renewal-conf") and f.arg == "ok"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=4096), flip=st.integers(min_value=0, max_value=2047), byte=st.integers(0, 255))
+def test_any_bytes_as_an_archive_are_frames_or_a_protocol_error(data: bytes, flip: int, byte: int) -> None:
+    # Random bytes, and a real archive with one byte changed: nothing but frames or a ProtocolError.
+    real = bytearray(archive(("etc/letsencrypt/live/s/cert.pem", b"CERT\n"), ("var/lib/certfab/status.json", b"{}")))
+    real[flip % len(real)] = byte
+    for body in (data, bytes(real)):
+        try:
+            frames = frames_of(encode_frame(NONCE, "files", "", body))
+        except ProtocolError:
+            continue
+        assert all(f.name in {"cert", "status", "renewal-conf", "shared-cert", "owned-file", "crontab"}
+                   for f in frames)
