@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import posixpath
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -21,6 +22,7 @@ from certfab.paths import (
     DNS_CREDENTIALS_DIR,
     HSTS_INCLUDE,
     MANAGED_SITE_DIR,
+    NGINX_CERTFAB_DIR,
     RENEW_ENV,
     RENEW_SCRIPT,
     TLS_OPTIONS,
@@ -400,6 +402,9 @@ def desired_state(
             dhparam = tls.dhparam_path(host.tls.dhparam_bits)
             put(dhparam, tls.ffdhe_pem(host.tls.dhparam_bits))
         put(TLS_OPTIONS, tls.render_tls_options(host.tls.profile, version, dhparam))
+        # Written together with the TLS settings that stop naming them.
+        for path in unused_dh_groups(facts, keep=dhparam):
+            writes[path] = FileWrite(path, "", None, remove=True)
 
     for site in host.sites:
         https = site.name in https_sites
@@ -538,6 +543,18 @@ def _redirect_source_names(
         if b.file == redirect.file and b.line < redirect.line and not b.is_certfab_redirect and b.has_include(include)
     ]
     return max(sources, key=lambda b: b.line).server_names if sources else None
+
+
+def unused_dh_groups(facts: HostFacts, *, keep: str | None) -> list[str]:
+    """certfab's DH group files (ffdhe*.pem) that neither its TLS settings, about to be written, nor
+    any other nginx file name: left by an earlier `tls.dhparam_bits` or TLS profile."""
+    assert facts.nginx is not None
+    others = [f.text for f in facts.nginx.files.values() if f.real_path != TLS_OPTIONS]
+    return sorted(
+        path for path in facts.owned_files
+        if posixpath.dirname(path) == NGINX_CERTFAB_DIR and re.fullmatch(r"ffdhe\d+\.pem", posixpath.basename(path))
+        and path != keep and not any(path in text for text in others)
+    )
 
 
 def unneeded_credentials(facts: HostFacts, *, keep: str | None) -> list[str]:

@@ -263,9 +263,11 @@ def make_plan(host: Host, inventory: Inventory, facts: HostFacts, *, now: dateti
                                                  first.stage if first is not None else stage, secret=True,
                                                  removed=write.remove)
                 continue
+            why = (f"no longer used: {purpose(write.path, host, nginx_files)}" if write.remove
+                   else purpose(write.path, host, nginx_files))
             changes[write.path] = FileChange(
-                write.path, before.get(write.path), write.content, purpose(write.path, host, nginx_files),
-                first.stage if first is not None else stage,
+                write.path, before.get(write.path), "" if write.remove else write.content, why,
+                first.stage if first is not None else stage, removed=write.remove,
             )
     return Plan(
         host=host.name,

@@ -360,3 +360,38 @@ def test_a_failed_validation_is_not_retried_within_the_backoff_unless_forced(
     assert validation_attempts(lab) > attempts
     kinds = [e["kind"] for e in json.loads(certfab_cli(lab, "fab", "history", "--json", env=env).stdout)["events"]]
     assert kinds.count("failed-validation") == 2 and kinds.count("refused") == 1, kinds
+
+
+def test_a_dh_group_left_by_an_earlier_dhparam_bits_goes(lab: Lab, module_hosts: tuple[str, ...],
+                                                        tmp_path: Path) -> None:
+    plain_host(lab, LIMITED_HOST)
+
+    def old_profile(bits: int) -> Callable[[dict[str, Any]], None]:
+        def edit(data: dict[str, Any]) -> None:
+            managed_sites(LIMITED_HOST, SITES_ONE_DOMAIN[:1])(data)
+            data["hosts"][LIMITED_HOST]["tls"] = {"profile": "old", "dhparam_bits": bits}
+        return edit
+
+    def group(bits: int) -> Path:
+        return lab.host_path(LIMITED_HOST, f"/etc/nginx/certfab/ffdhe{bits}.pem")
+
+    env = own_state(tmp_path)
+    (tmp_path / "2048").mkdir()
+    first = inventory_copy(lab, tmp_path / "2048", old_profile(2048))
+    done = certfab_cli(lab, "fab", "-H", LIMITED_HOST, "bootstrap", inventory=first, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert group(2048).is_file()
+    (tmp_path / "3072").mkdir()
+    second = inventory_copy(lab, tmp_path / "3072", old_profile(3072))
+    changed = certfab_cli(lab, "fab", "-H", LIMITED_HOST, "bootstrap", "--json", inventory=second, env=env)
+    assert changed.returncode == 0, changed.stdout + changed.stderr
+    [row] = json.loads(changed.stdout)
+    assert "removed /etc/nginx/certfab/ffdhe2048.pem" in row["changes"], row
+    assert not group(2048).exists() and group(3072).is_file()
+    options = lab.host_path(LIMITED_HOST, "/etc/nginx/certfab/tls-options.conf").read_text()
+    assert "ssl_dhparam /etc/nginx/certfab/ffdhe3072.pem;" in options
+    assert lab.host_exec(LIMITED_HOST, "nginx -t 2>&1").stdout.strip().endswith("test is successful")
+    before = snapshot(lab, LIMITED_HOST, TREES)
+    again = certfab_cli(lab, "fab", "-H", LIMITED_HOST, "bootstrap", "--json", inventory=second, env=env)
+    assert again.returncode == 0 and json.loads(again.stdout)[0]["changes"] == [], again.stdout
+    assert snapshot(lab, LIMITED_HOST, TREES) == before

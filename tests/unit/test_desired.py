@@ -258,3 +258,31 @@ def test_dhparam_bits_picks_the_rfc_7919_group():
     assert writes["/etc/nginx/certfab/ffdhe4096.pem"] == tls.ffdhe_pem(4096)
     assert "/etc/nginx/certfab/ffdhe2048.pem" not in writes
     assert "ssl_dhparam /etc/nginx/certfab/ffdhe4096.pem;" in writes["/etc/nginx/certfab/tls-options.conf"]
+
+
+def test_a_dh_group_no_longer_named_goes_with_the_tls_settings_that_drop_it():
+    inv = parse_inventory(
+        {
+            "acme": {"email": "admin@example.com", "server": "staging"},
+            "defaults": {"renewal": {"admin_email": "ops@example.com"}, "tls": {"profile": "old", "dhparam_bits": 4096}},
+            "hosts": {"web1": {"address": "192.0.2.10", "sites": [EXAMPLE]}},
+        },
+        Path("inventory.yaml"),
+    )
+    old_group = "/etc/nginx/certfab/ffdhe2048.pem"
+    start = replace(facts(), owned_files={old_group: tls.ffdhe_pem(2048)})
+    desired = desired_state(inv.hosts[0], inv, start, https_sites=frozenset({"example"}), acme_ca_pem=None)
+    removals = [w.path for w in changed_writes(desired, start) if w.remove]
+    assert removals == [old_group]
+    after = updated_facts_files(start, changed_writes(desired, start))
+    assert old_group not in after.owned_files and "/etc/nginx/certfab/ffdhe4096.pem" in after.owned_files
+    assert changed_writes(desired_state(inv.hosts[0], inv, after, https_sites=frozenset({"example"}),
+                                        acme_ca_pem=None), after) == []
+    # Only with the TLS settings: a plain-HTTP phase leaves it; a site of the admin's that names it keeps it.
+    http_only = desired_state(inv.hosts[0], inv, start, https_sites=frozenset(), acme_ca_pem=None)
+    assert not [w for w in http_only.writes if w.remove]
+    assert start.nginx is not None
+    named = replace(start, nginx=replace(start.nginx, files={**start.nginx.files, "/etc/nginx/sites-enabled/own": ConfigFile(
+        "/etc/nginx/sites-enabled/own", "/etc/nginx/sites-enabled/own", f"ssl_dhparam {old_group};\n")}))
+    assert not [w for w in desired_state(inv.hosts[0], inv, named, https_sites=frozenset({"example"}),
+                                         acme_ca_pem=None).writes if w.remove]
