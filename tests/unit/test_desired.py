@@ -244,15 +244,21 @@ def test_other_plain_ports_are_a_warning_before_and_after_https():
     assert warning.startswith(expected.replace("cafe:3", "cafe:5"))  # two includes came before it
 
 
-def test_dhparam_bits_picks_the_rfc_7919_group():
-    inv = parse_inventory(
+def old_profile_inventory(dhparam_bits: int) -> Inventory:
+    """web1 serving EXAMPLE with the `old` TLS profile (DHE ciphers) and that DH group size."""
+    return parse_inventory(
         {
             "acme": {"email": "admin@example.com", "server": "staging"},
-            "defaults": {"renewal": {"admin_email": "ops@example.com"}, "tls": {"profile": "old", "dhparam_bits": 4096}},
+            "defaults": {"renewal": {"admin_email": "ops@example.com"},
+                         "tls": {"profile": "old", "dhparam_bits": dhparam_bits}},
             "hosts": {"web1": {"address": "192.0.2.10", "sites": [EXAMPLE]}},
         },
         Path("inventory.yaml"),
     )
+
+
+def test_dhparam_bits_picks_the_rfc_7919_group():
+    inv = old_profile_inventory(4096)
     desired = desired_state(inv.hosts[0], inv, facts(), https_sites=frozenset({"example"}), acme_ca_pem=None)
     writes = {w.path: w.content for w in desired.writes}
     assert writes["/etc/nginx/certfab/ffdhe4096.pem"] == tls.ffdhe_pem(4096)
@@ -261,14 +267,7 @@ def test_dhparam_bits_picks_the_rfc_7919_group():
 
 
 def test_a_dh_group_no_longer_named_goes_with_the_tls_settings_that_drop_it():
-    inv = parse_inventory(
-        {
-            "acme": {"email": "admin@example.com", "server": "staging"},
-            "defaults": {"renewal": {"admin_email": "ops@example.com"}, "tls": {"profile": "old", "dhparam_bits": 4096}},
-            "hosts": {"web1": {"address": "192.0.2.10", "sites": [EXAMPLE]}},
-        },
-        Path("inventory.yaml"),
-    )
+    inv = old_profile_inventory(4096)
     old_group = "/etc/nginx/certfab/ffdhe2048.pem"
     start = replace(facts(), owned_files={old_group: tls.ffdhe_pem(2048)})
     desired = desired_state(inv.hosts[0], inv, start, https_sites=frozenset({"example"}), acme_ca_pem=None)
