@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from certfab.fleet import HostSession
     from certfab.history import RateGuard
     from certfab.plan import Plan
+    from certfab.ratelimit import Order
 
 # "copied": a peer got its shared site's lineage from the issuer; "awaits": a peer has no copy yet;
 # "held": an issuer's order waits for deploy-all's second pass (every backend has its ACME location then).
@@ -67,6 +68,20 @@ def read_acme_ca(path: Path | None) -> str | None:
     return text
 
 
+def admit_orders(guard: RateGuard, result: BootstrapResult, plan: Plan, *, forecast: bool) -> list[Order]:
+    """The plan's orders the rate-limit guard admits; each refusal goes to the result as a line, and its
+    site is marked refused. A forecast (a plan) words the lines as what would happen."""
+    from certfab.ratelimit import Order
+
+    wanted = [Order(result.host, o.site, o.domains, renewal=o.action == "renew") for o in plan.orders]
+    allowed, refused = guard.admit(wanted)
+    result.refused += [line.replace(": refused: ", ": would be refused: ", 1) if forecast else line
+                       for line in refused]
+    admitted = {order.site for order in allowed}
+    result.certificates.update({o.site: "refused" for o in plan.orders if o.site not in admitted})
+    return allowed
+
+
 def bootstrap_host(session: HostSession, *, check: bool, acme_ca_pem: str | None,
                    now: datetime | None = None, directory: AcmeDirectory | None = None,
                    guard: RateGuard | None = None, hold: frozenset[str] = frozenset()) -> BootstrapResult:
@@ -109,14 +124,8 @@ def bootstrap_host(session: HostSession, *, check: bool, acme_ca_pem: str | None
             result.certificates = {c.site: ("order" if c.needs_order else "awaits" if c.action == "await" else "keep")
                                    for c in plan.certificates}
             if guard is not None and plan.orders:
-                from certfab.ratelimit import Order
-
                 # What the rate-limit guard would say to these orders now (a plan's guard records nothing).
-                wanted = [Order(host.name, o.site, o.domains, renewal=o.action == "renew") for o in plan.orders]
-                allowed, refused = guard.admit(wanted)
-                result.refused += [line.replace(": refused: ", ": would be refused: ", 1) for line in refused]
-                admitted = {order.site for order in allowed}
-                result.certificates.update({o.site: "refused" for o in plan.orders if o.site not in admitted})
+                admit_orders(guard, result, plan, forecast=True)
             return result
         execute(run, plan, seen if facts is seen.facts else None, key)
         return result

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
-from certfab.bootstrap import BootstrapResult
+from certfab.bootstrap import BootstrapResult, admit_orders
 from certfab.certs import parse_pem
 from certfab.desired import changed_writes, current_files, desired_state, renewal_conf_write
 from certfab.errors import ApplyError, ConnectError
@@ -209,11 +209,8 @@ def _admitted_orders(run: HostRun, plan: Plan) -> tuple[tuple[CertificateDecisio
     """The plan's orders the rate-limit guard lets through (refusals go to the result), and their records."""
     if run.guard is None or not plan.orders:
         return plan.orders, []
-    wanted = [Order(run.host.name, o.site, o.domains, renewal=o.action == "renew") for o in plan.orders]
-    allowed, refused = run.guard.admit(wanted)
-    run.result.refused += refused
+    allowed = admit_orders(run.guard, run.result, plan, forecast=False)
     sites = {order.site for order in allowed}
-    run.result.certificates.update({o.site: "refused" for o in plan.orders if o.site not in sites})
     return tuple(o for o in plan.orders if o.site in sites), allowed
 
 
