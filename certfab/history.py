@@ -208,4 +208,10 @@ def record_host_renewals(records: Sequence[CertRecord], now: datetime | None = N
                              status_result=status.result, status_time=status.time, renewed=status.renewed, now=now)
         if event is not None:
             events.append(event)
-    return History().record_new(events) if events else 0
+    if not events:
+        return 0
+    history = History()
+    try:
+        return history.record_new(events)
+    finally:
+        history.close()

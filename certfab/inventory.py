@@ -1085,15 +1085,11 @@ def _load_yaml(text: str, display: str) -> object:
     try:
         try:
             return yaml.load(text, Loader=_FastLoader)  # a SafeLoader
-        except yaml.YAMLError as fast_error:
-            if _FastLoader is _Loader:
-                raise
-            # The Python parser says the same thing in the words the documentation quotes.
-            try:
+        except yaml.YAMLError:
+            if _FastLoader is not _Loader:
+                # The Python parser raises the same error in the words the documentation quotes.
                 yaml.load(text, Loader=_Loader)
-            except yaml.YAMLError:
-                raise
-            raise fast_error from None
+            raise
     except yaml.YAMLError as exc:
         raise InventoryError(_yaml_error(display, exc)) from None
     except RecursionError:

@@ -55,16 +55,16 @@ def _cached_render(name: str, values: dict[str, object]) -> str | None:
     entry = read_cached(_CACHE_KIND, key)
     if entry is not None:
         header, _, body = entry.partition(b"\n")
+        kept = body.decode("utf-8", "surrogateescape")
         try:
             placeholders = json.loads(header)
         except ValueError:
             placeholders = None
         if isinstance(placeholders, dict) and set(placeholders) == set(volatile) \
-                and all(isinstance(token, str) and token in body.decode("utf-8", "surrogateescape")
-                        for token in placeholders.values()):
-            return _fill(body.decode("utf-8", "surrogateescape"), placeholders, volatile)
+                and all(isinstance(token, str) and token in kept for token in placeholders.values()):
+            return _fill(kept, placeholders, volatile)
     # Placeholders no template value can hold: fresh random words, each checked to land in the text.
-    placeholders = {key: f"certfab{key}{secrets.token_hex(8)}" for key in volatile}
+    placeholders = {value_name: f"certfab{value_name}{secrets.token_hex(8)}" for value_name in volatile}
     text = _render(name, {**values, **placeholders})
     if not all(token in text for token in placeholders.values()):
         return None
